@@ -1,0 +1,81 @@
+"""One config tree for every pipeline: YAML, `--set key=value` overrides and Prefect
+parameters all become this pydantic model, and an unknown key or bad value fails at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.clean import CleanConfig
+from tasks.crawl import CrawlConfig
+from tasks.dedup import DedupConfig
+from tasks.extract import ExtractConfig
+from tasks.ingest import IngestConfig
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+class LlmillConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "demo"
+    root: str = Field("data", description="where every dataset is written (a path)")
+    crawl: CrawlConfig = CrawlConfig()
+    ingest: IngestConfig = IngestConfig()
+    extract: ExtractConfig = ExtractConfig()
+    clean: CleanConfig = CleanConfig()
+    dedup: DedupConfig = DedupConfig()
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """`a.b.c=value`, the value read as YAML (numbers, booleans, lists)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value is not valid YAML: {e}") from None
+
+
+def describe(error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "(root)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"config key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> LlmillConfig:
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        return LlmillConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {describe(e)}") from None

@@ -1,0 +1,72 @@
+"""The data flow: crawl and/or ingest -> extract -> clean -> dedup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows.config import LlmillConfig
+from tasks.clean import clean_task
+from tasks.crawl import crawl_task
+from tasks.dedup import dedup_task
+from tasks.extract import extract_task
+from tasks.ingest import ingest_task
+from tasks.orchestration import call_stage
+from tasks.stage import load_manifest
+
+
+@flow(name="data", log_prints=True)
+def data_flow(config: LlmillConfig) -> dict:
+    root = str(Path(config.root).resolve())
+    raw = []
+    if config.crawl.seeds:
+        raw.append(call_stage(crawl_task, [], config.crawl, root))
+    if config.ingest.paths:
+        raw.append(call_stage(ingest_task, [], config.ingest, root))
+    if not raw:
+        raise ValueError("nothing to read: set crawl.seeds and/or ingest.paths")
+    docs = call_stage(extract_task, raw, config.extract, root)
+    cleaned = call_stage(clean_task, [docs], config.clean, root)
+    deduped = call_stage(dedup_task, [cleaned], config.dedup, root)
+    result = {"raw": raw, "docs": docs, "clean": cleaned, "dedup": deduped}
+    create_markdown_artifact(summary_markdown(result), key="data-summary", description="data flow summary")
+    return result
+
+
+def summary_rows(result: dict) -> list[tuple[str, str]]:
+    """The figures a person checks after a data run, as (label, value) rows."""
+    rows = []
+    for raw in result["raw"]:
+        m = load_manifest(raw)
+        if m.stage == "crawl":
+            rows.append(("pages crawled", str(m.stats["pages"])))
+            for reason, n in sorted(m.stats.get("not_fetched", {}).items()):
+                rows.append((f"  not fetched: {reason}", str(n)))
+        else:
+            rows.append(("WARC files ingested", str(m.stats["warc_files"])))
+    ext = load_manifest(result["docs"]).stats
+    rows.append(("HTML responses", str(ext["html_responses"])))
+    rows.append(("documents extracted", str(ext["documents"])))
+    for reason, n in sorted(ext["quarantined_by_reason"].items()):
+        rows.append((f"  quarantined: {reason}", str(n)))
+    cl = load_manifest(result["clean"]).stats
+    rows.append(("documents after clean", str(cl["documents_out"])))
+    for rule, n in sorted(cl["dropped_by_rule"].items()):
+        rows.append((f"  dropped: {rule}", str(n)))
+    rows.append(("PII redacted", ", ".join(f"{k} {v}" for k, v in cl["pii_redacted"].items())))
+    dd = load_manifest(result["dedup"]).stats
+    rows.append(("exact duplicates", str(dd["exact_duplicates"])))
+    rows.append(("near duplicates", str(dd["near_duplicates"])))
+    rows.append(("documents after dedup", str(dd["documents_out"])))
+    for stage in ("docs", "clean", "dedup"):
+        rows.append((f"{stage} dataset", result[stage]))
+    for raw in result["raw"]:
+        rows.append(("raw dataset", raw))
+    return rows
+
+
+def summary_markdown(result: dict) -> str:
+    lines = ["| | |", "|---|---|"] + [f"| {k.strip()} | {v} |" for k, v in summary_rows(result)]
+    return "# Data flow\n\n" + "\n".join(lines) + "\n"

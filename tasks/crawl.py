@@ -1,0 +1,583 @@
+"""crawl: a polite async web crawler that writes WARC.gz files.
+
+Politeness: robots.txt (disallow, crawl-delay) fetched once per host, a per-host request
+interval and concurrency cap, bounded redirects, bounded bodies. Safety: private, loopback
+and link-local addresses are refused unless the config allows them.
+
+Resumability: the crawl keeps an append-only journal beside its WARC files. A crawl killed
+mid-way restarts from the journal and the WARC files (the WARC is the truth for what was
+stored; a torn last record is cut off), so no stored page is fetched twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import io
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field
+from protego import Protego
+from warcio.archiveiterator import ArchiveIterator
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from tasks.pydoc_site import SEED as PYDOC_SEED
+from tasks.pydoc_site import serve_pydoc
+from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.stage import Progress, no_progress
+from tasks.urls import (
+    host_of,
+    in_allowed_domains,
+    looks_non_html,
+    normalize_url,
+    origin_of,
+    refuse_private,
+)
+
+VERSION = 1
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+class CrawlConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: list[str] = Field(default_factory=list, description="start URLs, or builtin:pydoc")
+    allowed_domains: list[str] = Field(default_factory=list, description="empty: the seeds' hosts")
+    max_pages: int = Field(1000, ge=1)
+    max_depth: int = Field(5, ge=0)
+    max_bytes: int = Field(5_000_000, ge=1024, description="larger bodies are cut off (WARC-Truncated)")
+    requests_per_second_per_host: float = Field(2.0, gt=0)
+    concurrency: int = Field(8, ge=1)
+    per_host_concurrency: int = Field(2, ge=1)
+    timeout_s: float = Field(20.0, gt=0)
+    max_redirects: int = Field(5, ge=0)
+    max_retries: int = Field(3, ge=0)
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+    user_agent: str = "llmill/0.1 (+https://github.com/llmill/llmill)"
+    allow_private_addresses: bool = Field(
+        False, description="allow loopback, private and link-local addresses (cloud metadata too)"
+    )
+    warc_file_bytes: int = Field(64_000_000, ge=1_000_000)
+    pydoc_port: int = Field(0, ge=0, le=65535, description="port of builtin:pydoc; 0 picks a free one")
+
+
+# ---------------------------------------------------------------- crawl state on disk
+
+
+class Journal:
+    """Append-only JSON lines: `seen` when a URL enters the frontier, `done` when settled."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fh = open(path, "a", encoding="utf-8")
+
+    def write(self, **event) -> None:
+        self.fh.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+    @staticmethod
+    def read(path: Path) -> list[dict]:
+        events = []
+        if not path.exists():
+            return events
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a kill
+                break
+        return events
+
+
+def stored_urls(warc_dir: Path) -> set[str]:
+    """URLs of complete response records; a torn record at a file's end is cut off."""
+    urls: set[str] = set()
+    for path in sorted(warc_dir.glob("*.warc.gz")):
+        good_end = 0
+        try:
+            with open(path, "rb") as f:
+                it = ArchiveIterator(f)
+                for record in it:
+                    if record.rec_type == "response":
+                        url = record.rec_headers.get_header("WARC-Target-URI")
+                        record.content_stream().read()
+                    else:
+                        url = None
+                        record.content_stream().read()
+                    it.read_to_end()
+                    good_end = it.get_record_offset() + it.get_record_length()
+                    if url:
+                        urls.add(url)
+        except Exception:
+            pass
+        if good_end < path.stat().st_size:
+            with open(path, "r+b") as f:
+                f.truncate(good_end)
+    return urls
+
+
+class WarcSink:
+    """Request and response records into rolling WARC.gz files."""
+
+    def __init__(self, directory: Path, max_bytes: int):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        existing = sorted(self.dir.glob("crawl-*.warc.gz"))
+        self.index = int(existing[-1].name[6:11]) + 1 if existing else 0
+        self.fh = None
+
+    def _open(self) -> None:
+        self.path = self.dir / f"crawl-{self.index:05d}.warc.gz"
+        self.fh = open(self.path, "ab")
+        self.writer = WARCWriter(self.fh, gzip=True)
+        self.index += 1
+
+    def write(self, page: "Page") -> str:
+        if self.fh is None:
+            self._open()
+        req_headers = StatusAndHeaders(
+            f"GET {page.path_query} HTTP/1.1", page.request_headers, is_http_request=True
+        )
+        request = self.writer.create_warc_record(page.url, "request", http_headers=req_headers)
+        skip = {"content-encoding", "transfer-encoding", "content-length"}
+        resp_headers = StatusAndHeaders(
+            f"{page.status} {page.reason}",
+            [(k, v) for k, v in page.headers if k.lower() not in skip]
+            + [("Content-Length", str(len(page.body)))],
+            protocol="HTTP/1.1",
+        )
+        extra = {"WARC-Truncated": "length"} if page.truncated else None
+        response = self.writer.create_warc_record(
+            page.url,
+            "response",
+            payload=io.BytesIO(page.body),
+            length=len(page.body),
+            http_headers=resp_headers,
+            warc_headers_dict=extra,
+        )
+        request.rec_headers.add_header("WARC-Concurrent-To", response.rec_headers.get_header("WARC-Record-ID"))
+        self.writer.write_record(response)
+        self.writer.write_record(request)
+        self.fh.flush()
+        name = self.path.name
+        if self.fh.tell() >= self.max_bytes:
+            self.close()
+        return name
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+# ---------------------------------------------------------------- fetching
+
+
+@dataclass
+class Page:
+    url: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    request_headers: list[tuple[str, str]]
+    body: bytes
+    truncated: bool
+    path_query: str
+
+
+@dataclass
+class Outcome:
+    kind: Literal["page", "redirect", "skipped", "failed", "not_modified"]
+    reason: str = ""
+    page: Page | None = None
+    location: str | None = None
+    status: int | None = None
+
+
+@dataclass
+class Host:
+    robots: Protego | None = None
+    robots_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    robots_started: bool = False
+    interval: float = 0.0
+    next_start: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    slots: asyncio.Semaphore | None = None
+    refusal: str | None = None
+    checked: bool = False
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def backoff_delay(attempt: int, cfg: CrawlConfig, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; a server's Retry-After wins when it asks for more."""
+    delay = random.uniform(0.5, 1.0) * min(cfg.backoff_max_s, cfg.backoff_base_s * 2**attempt)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cfg.backoff_max_s))
+    return delay
+
+
+class Crawler:
+    def __init__(self, cfg: CrawlConfig, seeds: list[str], out: Path, progress: Progress):
+        self.cfg = cfg
+        self.out = out
+        self.progress = progress
+        self.seeds = [u for u in (normalize_url(s) for s in seeds) if u]
+        self.allowed = cfg.allowed_domains or sorted({host_of(u) for u in self.seeds})
+        self.hosts: dict[str, Host] = {}
+        self.stats: Counter = Counter()
+        state = out / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        self.robots_file = state / "robots.json"
+        self.robots_cache: dict[str, str | None] = (
+            json.loads(self.robots_file.read_text()) if self.robots_file.exists() else {}
+        )
+        self._restore(state / "journal.jsonl")
+        self.journal = Journal(state / "journal.jsonl")
+        self.sink = WarcSink(out / "warc", cfg.warc_file_bytes)
+
+    def _restore(self, journal_path: Path) -> None:
+        self.seen: dict[str, int] = {}
+        self.done: dict[str, dict] = {}
+        for e in Journal.read(journal_path):
+            if e["e"] == "seen":
+                self.seen.setdefault(e["url"], e["depth"])
+            elif e["e"] == "done":
+                self.done[e["url"]] = e
+        for url in stored_urls(self.out / "warc"):
+            self.done.setdefault(url, {"e": "done", "url": url, "outcome": "page"})
+        self.resumed = bool(self.seen)
+        self.pages = sum(1 for e in self.done.values() if e["outcome"] == "page")
+
+    # -- per-host politeness
+
+    def host(self, url: str) -> Host:
+        origin = origin_of(url)
+        if origin not in self.hosts:
+            self.hosts[origin] = Host(
+                interval=1.0 / self.cfg.requests_per_second_per_host,
+                slots=asyncio.Semaphore(self.cfg.per_host_concurrency),
+            )
+        return self.hosts[origin]
+
+    async def wait_turn(self, host: Host) -> None:
+        async with host.lock:
+            now = time.monotonic()
+            if host.next_start > now:
+                await asyncio.sleep(host.next_start - now)
+            host.next_start = time.monotonic() + host.interval
+
+    async def check_address(self, url: str) -> str | None:
+        if self.cfg.allow_private_addresses:
+            return None
+        host = self.host(url)
+        if not host.checked:
+            host.refusal = await refuse_private(url)
+            host.checked = True
+        return host.refusal
+
+    async def robots_for(self, client: httpx.AsyncClient, url: str) -> Protego | None:
+        """Fetched once per host; 4xx means no rules, 5xx or unreachable means keep out (RFC 9309)."""
+        origin = origin_of(url)
+        host = self.host(url)
+        if host.robots_started:
+            await host.robots_ready.wait()
+            return host.robots
+        host.robots_started = True
+        if origin in self.robots_cache:
+            text = self.robots_cache[origin]
+        else:
+            text = None
+            try:
+                r = await client.get(origin + "/robots.txt", follow_redirects=True, timeout=self.cfg.timeout_s)
+                if r.status_code >= 500:
+                    text = "User-agent: *\nDisallow: /\n"
+                elif r.status_code < 400:
+                    text = r.text
+                self.stats["robots_fetched"] += 1
+            except httpx.HTTPError:
+                text = "User-agent: *\nDisallow: /\n"
+            self.robots_cache[origin] = text
+            self.robots_file.write_text(json.dumps(self.robots_cache))
+        if text is not None:
+            host.robots = Protego.parse(text)
+            delay = host.robots.crawl_delay(self.cfg.user_agent)
+            if delay:
+                host.interval = max(host.interval, float(delay))
+        host.robots_ready.set()
+        return host.robots
+
+    async def fetch(self, client: httpx.AsyncClient, url: str) -> Outcome:
+        cfg = self.cfg
+        host = self.host(url)
+        last = "failed"
+        for attempt in range(cfg.max_retries + 1):
+            retry_after = None
+            async with host.slots:
+                await self.wait_turn(host)
+                self.stats["requests"] += 1
+                try:
+                    async with client.stream("GET", url, timeout=cfg.timeout_s) as r:
+                        status = r.status_code
+                        if status == 429 or status >= 500:
+                            retry_after = retry_after_seconds(r.headers.get("retry-after"))
+                            last = f"http_{status}"
+                        elif 300 <= status < 400 and r.headers.get("location"):
+                            return Outcome("redirect", location=r.headers["location"], status=status)
+                        elif status == 304:
+                            return Outcome("not_modified", status=status)
+                        elif status != 200:
+                            return Outcome("failed", reason=f"http_{status}", status=status)
+                        else:
+                            ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
+                            if ctype and ctype not in HTML_TYPES:
+                                return Outcome("skipped", reason="non_html", status=status)
+                            declared = int(r.headers.get("content-length") or 0)
+                            if declared > cfg.max_bytes:
+                                return Outcome("skipped", reason="too_large", status=status)
+                            body = bytearray()
+                            truncated = False
+                            async for chunk in r.aiter_bytes():
+                                body += chunk
+                                if len(body) > cfg.max_bytes:
+                                    del body[cfg.max_bytes :]
+                                    truncated = True
+                                    break
+                            req = r.request
+                            page = Page(
+                                url=url,
+                                status=status,
+                                reason=r.reason_phrase or "OK",
+                                headers=list(r.headers.multi_items()),
+                                request_headers=list(req.headers.multi_items()),
+                                body=bytes(body),
+                                truncated=truncated,
+                                path_query=req.url.raw_path.decode("ascii", "replace"),
+                            )
+                            return Outcome("page", page=page, status=status)
+                except (httpx.TransportError, httpx.TimeoutException) as e:
+                    last = f"network_error: {type(e).__name__}"
+            if attempt < cfg.max_retries:
+                self.stats["retries"] += 1
+                await asyncio.sleep(backoff_delay(attempt, cfg, retry_after))
+        return Outcome("failed", reason=last)
+
+    async def visit(self, client: httpx.AsyncClient, url: str, depth: int, queue: asyncio.Queue) -> None:
+        chain = [url]
+        current = url
+        while True:
+            if not in_allowed_domains(current, self.allowed):
+                return self.settle(url, "skipped", "outside_allowed_domains")
+            refusal = await self.check_address(current)
+            if refusal:
+                return self.settle(url, "skipped", refusal)
+            robots = await self.robots_for(client, current)
+            if robots is not None and not robots.can_fetch(current, self.cfg.user_agent):
+                return self.settle(url, "skipped", "robots_disallowed")
+            outcome = await self.fetch(client, current)
+            if outcome.kind != "redirect":
+                break
+            target = normalize_url(outcome.location or "", current)
+            if target is None:
+                return self.settle(url, "skipped", "redirect_to_non_http")
+            if target in chain or len(chain) > self.cfg.max_redirects:
+                return self.settle(url, "failed", "redirect_loop" if target in chain else "too_many_redirects")
+            if target != url and (target in self.done or target in self.seen):
+                return self.settle(url, "redirect", f"to {target}")
+            chain.append(target)
+            current = target
+        if outcome.kind != "page":
+            return self.settle(url, outcome.kind, outcome.reason, status=outcome.status)
+        page = outcome.page
+        assert page is not None
+        page.url = current
+        if depth < self.cfg.max_depth:
+            for link in extract_links(page.body, current):
+                if link not in self.seen and in_allowed_domains(link, self.allowed) and not looks_non_html(link):
+                    self.seen[link] = depth + 1
+                    self.journal.write(e="seen", url=link, depth=depth + 1)
+                    queue.put_nowait((link, depth + 1))
+        warc = self.sink.write(page)
+        headers = {k.lower(): v for k, v in page.headers}
+        for alias in chain[:-1]:
+            self.settle(alias, "redirect", f"to {current}")
+        self.settle(
+            current,
+            "page",
+            status=page.status,
+            etag=headers.get("etag"),
+            last_modified=headers.get("last-modified"),
+            warc=warc,
+            truncated=page.truncated,
+        )
+
+    def settle(self, url: str, outcome: str, reason: str = "", **extra) -> None:
+        event = {"e": "done", "url": url, "outcome": outcome, "reason": reason, "at": time.time(), **extra}
+        self.done[url] = event
+        self.journal.write(**event)
+        self.stats[f"{outcome}:{reason.split(':')[0]}" if reason else outcome] += 1
+        if outcome == "page":
+            self.pages += 1
+            self.progress(self.pages, self.cfg.max_pages)
+
+    async def run(self) -> None:
+        queue: asyncio.Queue = asyncio.Queue()
+        for url in self.seeds:
+            if url not in self.seen:
+                self.seen[url] = 0
+                self.journal.write(e="seen", url=url, depth=0)
+        pending = sorted(((d, u) for u, d in self.seen.items() if u not in self.done))
+        for depth, url in pending:
+            queue.put_nowait((url, depth))
+        inflight = 0
+        limits = httpx.Limits(max_connections=self.cfg.concurrency)
+        headers = {"User-Agent": self.cfg.user_agent, "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"}
+
+        async def worker():
+            nonlocal inflight
+            while True:
+                url, depth = await queue.get()
+                try:
+                    if url in self.done or self.pages + inflight >= self.cfg.max_pages:
+                        continue  # past the page budget, it stays in the frontier
+                    inflight += 1
+                    try:
+                        await self.visit(client, url, depth, queue)
+                    finally:
+                        inflight -= 1
+                except Exception as e:  # one bad page never stops the crawl
+                    self.settle(url, "failed", f"error: {type(e).__name__}: {e}")
+                finally:
+                    queue.task_done()
+
+        async with httpx.AsyncClient(headers=headers, limits=limits, follow_redirects=False) as client:
+            workers = [asyncio.create_task(worker()) for _ in range(self.cfg.concurrency)]
+            await queue.join()
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def close(self) -> dict:
+        self.sink.close()
+        self.journal.close()
+        return self.write_state()
+
+    def write_state(self) -> dict:
+        """state.json: per-URL outcome and validators (ETag, Last-Modified) for refreshes."""
+        frontier = sorted(u for u in self.seen if u not in self.done)
+        state = {
+            "seeds": self.seeds,
+            "allowed_domains": self.allowed,
+            "urls": {u: {k: v for k, v in e.items() if k not in ("e", "url")} for u, e in sorted(self.done.items())},
+            "frontier": [{"url": u, "depth": self.seen[u]} for u in frontier],
+        }
+        (self.out / "state.json").write_text(json.dumps(state, indent=1))
+        outcomes = Counter(e["outcome"] for e in self.done.values())
+        reasons = Counter(
+            f"{e['outcome']}:{e.get('reason', '').split(':')[0]}"
+            for e in self.done.values()
+            if e["outcome"] in ("skipped", "failed")
+        )
+        return {
+            "pages": outcomes.get("page", 0),
+            "urls_settled": len(self.done),
+            "frontier_left": len(frontier),
+            "outcomes": dict(outcomes),
+            "not_fetched": dict(reasons),
+            "requests": self.stats["requests"],
+            "retries": self.stats["retries"],
+            "robots_fetched": self.stats["robots_fetched"],
+            "resumed": self.resumed,
+            "warc_files": len(list((self.out / "warc").glob("*.warc.gz"))),
+        }
+
+
+def extract_links(body: bytes, base: str) -> list[str]:
+    import lxml.html
+
+    try:
+        doc = lxml.html.document_fromstring(body)
+    except Exception:
+        return []
+    base_el = doc.find(".//base[@href]")
+    base_url = normalize_url(base_el.get("href"), base) if base_el is not None else None
+    links = []
+    for el in doc.iter("a", "area"):
+        href = el.get("href")
+        if href and not href.startswith(("#", "javascript:", "mailto:")):
+            url = normalize_url(href, base_url or base)
+            if url:
+                links.append(url)
+    return list(dict.fromkeys(links))
+
+
+def crawl(inputs: list[str], cfg: CrawlConfig, out: Path, progress: Progress = no_progress) -> dict:
+    """Crawl from the config's seeds into `out` (warc/, state.json); resumes a partial `out`."""
+    if inputs:
+        raise ValueError("crawl takes no input datasets")
+    if not cfg.seeds:
+        raise ValueError("crawl.seeds is empty: give at least one URL or builtin:pydoc")
+    with _served_seeds(cfg, out) as seeds:
+        crawler = Crawler(cfg, seeds, out, progress)
+        try:
+            asyncio.run(crawler.run())
+        finally:
+            stats = crawler.close()
+    return stats
+
+
+class _served_seeds:
+    """Replace builtin:pydoc by the URL of a pydoc server running while the crawl does."""
+
+    def __init__(self, cfg: CrawlConfig, out: Path):
+        self.cfg = cfg
+        self.port_file = out / "state" / "pydoc_port"
+        self.ctx = None
+
+    def __enter__(self) -> list[str]:
+        seeds = list(self.cfg.seeds)
+        if PYDOC_SEED in seeds:
+            # a resumed crawl serves on its first port, so its frontier's URLs stay valid
+            port = self.cfg.pydoc_port
+            if not port and self.port_file.exists():
+                port = int(self.port_file.read_text())
+            self.ctx = serve_pydoc(port)
+            base = self.ctx.__enter__()
+            self.port_file.parent.mkdir(parents=True, exist_ok=True)
+            self.port_file.write_text(str(int(base.rsplit(":", 1)[1].strip("/"))))
+            seeds = [base if s == PYDOC_SEED else s for s in seeds]
+        return seeds
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+@task(name="crawl", cache_policy=STAGE_CACHE, persist_result=True, retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.5)
+def crawl_task(inputs: list[str], cfg: CrawlConfig, root: str) -> str:
+    return prefect_stage("crawl", VERSION, crawl, inputs, cfg, root, resumable=True)

@@ -1,0 +1,305 @@
+"""dedup: exact dedup on a normalized-text hash, then MinHash LSH near-dedup (datasketch).
+
+Defaults follow FineWeb: 5-word shingles, 112 permutations banded 14 x 8. Signatures are
+computed for all of a document's shingles at once in numpy, with datasketch's affine32
+permutations, so they are datasketch MinHash values.
+Within a batch, documents are visited in id order and the first of a cluster is kept, so
+the choice is deterministic. Kept documents' hashes and signatures go to a persistent index
+so that a later batch is deduplicated against them without recomputing their signatures.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks.clean import doc_files
+from tasks.extract import map_shards
+from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.stage import Progress, digest_of, no_progress
+
+VERSION = 1
+MAX_HASH = np.uint64((1 << 32) - 1)
+_WORDS = re.compile(r"\w+")
+_BLOCK = 4096  # shingles per block: bounds memory at BLOCK x num_perm x 4 bytes
+SCHEME = "affine32"
+_P = np.uint64(0x100000001B3)  # odd, so it has an inverse modulo 2**64
+_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
+_WORD_BYTE = np.zeros(256, dtype=bool)
+for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_":
+    _WORD_BYTE[_c] = True
+_WORD_BYTE[128:] = True
+
+
+class DedupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    exact: bool = True
+    near: bool = True
+    shingle_words: int = Field(5, ge=1)
+    num_perm: int = Field(112, ge=2)
+    bands: int = Field(14, ge=1)
+    rows: int = Field(8, ge=1)
+    seed: int = 1
+    min_jaccard: float = Field(0.7, ge=0, le=1, description="estimated Jaccard a candidate pair must reach")
+    index_dir: str = Field("", description="persistent index; empty: <root>/index")
+    workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _bands_cover_permutations(self):
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows ({self.bands}x{self.rows}) exceeds num_perm ({self.num_perm})")
+        return self
+
+    def index_key(self) -> str:
+        """Signatures are comparable only under the same shingling and permutations."""
+        return digest_of({"k": self.shingle_words, "p": self.num_perm, "s": self.seed, "v": VERSION})[:12]
+
+
+def normalize_for_hash(text: str) -> str:
+    return " ".join(_WORDS.findall(unicodedata.normalize("NFKC", text).lower()))
+
+
+def exact_hash(text: str) -> str:
+    return xxhash.xxh3_128_hexdigest(normalize_for_hash(text).encode())
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's own affine32 permutations for (num_perm, seed): h -> a*h + b mod 2^32."""
+    from datasketch import MinHash
+
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations
+    return a.astype(np.uint32), b.astype(np.uint32)
+
+
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's finalizer, the pre-mix datasketch applies before its affine32 permutations."""
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> np.uint32(13))
+        h = h * np.uint32(0xC2B2AE35)
+        return h ^ (h >> np.uint32(16))
+
+
+class Signer:
+    """MinHash signatures of texts; word hashes are cached, shingles hashed in numpy."""
+
+    # odd multipliers that mix k consecutive word hashes into one shingle hash
+    _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                     0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9],
+                    dtype=np.uint64)
+
+    def __init__(self, shingle_words: int, num_perm: int, seed: int):
+        self.k = shingle_words
+        self.a, self.b = permutations(num_perm, seed)
+        self.num_perm = num_perm
+        self.pow = self.inv = np.zeros(0, dtype=np.uint64)
+        mix = [self._MIX[i % len(self._MIX)] for i in range(self.k)]
+        self.mix = np.array(mix, dtype=np.uint64)
+
+    def word_ids(self, text: str) -> np.ndarray:
+        """A 64-bit hash per word, for all words at once: a polynomial hash from prefix sums,
+        shifted to each word's start with the multiplier's inverse (odd, so invertible mod 2^64).
+        Word characters are ASCII letters, digits, _ and every non-ASCII byte."""
+        b = np.frombuffer(text.lower().encode("utf-8"), dtype=np.uint8)
+        if not len(b):
+            return np.zeros(0, dtype=np.uint64)
+        edges = np.diff(_WORD_BYTE[b].view(np.int8), prepend=np.int8(0), append=np.int8(0))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        powers, inverse = self._powers(len(b))
+        with np.errstate(over="ignore"):
+            prefix = np.zeros(len(b) + 1, dtype=np.uint64)
+            np.cumsum((b.astype(np.uint64) + np.uint64(1)) * powers, dtype=np.uint64, out=prefix[1:])
+            h = (prefix[ends] - prefix[starts]) * inverse[starts]
+            h = (h ^ (h >> np.uint64(33))) * np.uint64(0xFF51AFD7ED558CCD)
+            return h ^ (h >> np.uint64(33))
+
+    def _powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.pow) < n:
+            size = max(n, 2 * len(self.pow), 1 << 16)
+            with np.errstate(over="ignore"):
+                one = np.ones(1, dtype=np.uint64)
+                self.pow = np.concatenate((one, np.cumprod(np.full(size - 1, _P, dtype=np.uint64), dtype=np.uint64)))
+                self.inv = np.concatenate((one, np.cumprod(np.full(size - 1, _P_INV, dtype=np.uint64), dtype=np.uint64)))
+        return self.pow[:n], self.inv[:n]
+
+    def shingle_hashes(self, text: str) -> np.ndarray:
+        ids = self.word_ids(text)
+        n = len(ids) - self.k + 1
+        if n <= 0:  # shorter than one shingle: the whole text is the shingle
+            n, k = 1, len(ids)
+            if k == 0:
+                return np.zeros(0, dtype=np.uint64)
+        else:
+            k = self.k
+        with np.errstate(over="ignore"):
+            h = np.zeros(n, dtype=np.uint64)
+            for j in range(k):
+                h = (h ^ ids[j : j + n]) * self.mix[j]
+            h ^= h >> np.uint64(32)
+        return np.unique((h & MAX_HASH).astype(np.uint32))
+
+    def signature(self, text: str) -> np.ndarray:
+        hv = fmix32(self.shingle_hashes(text))
+        sig = np.full(self.num_perm, np.uint32(0xFFFFFFFF), dtype=np.uint32)
+        with np.errstate(over="ignore"):
+            for start in range(0, len(hv), _BLOCK):
+                phv = hv[start : start + _BLOCK, None] * self.a + self.b
+                np.minimum(sig, phv.min(axis=0), out=sig)
+        return sig
+
+
+def sign_shard(args) -> tuple[str, list[str], list[str], np.ndarray | None]:
+    path, cfg = args
+    table = pq.read_table(path, columns=["id", "text"])
+    ids = table.column("id").to_pylist()
+    texts = table.column("text").to_pylist()
+    hashes = [exact_hash(t) for t in texts] if cfg.exact else [""] * len(ids)
+    sigs = None
+    if cfg.near:
+        signer = Signer(cfg.shingle_words, cfg.num_perm, cfg.seed)
+        sigs = np.stack([signer.signature(t) for t in texts]) if texts else np.zeros((0, cfg.num_perm), np.uint32)
+    return path, ids, hashes, sigs
+
+
+INDEX_SCHEMA = pa.schema([("id", pa.string()), ("hash", pa.string()), ("signature", pa.list_(pa.uint32()))])
+
+
+def read_index(
+    index: Path, exclude_segment: str, exclude_ids: set[str], num_perm: int
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Kept documents of earlier batches; a batch's own documents are never its duplicates."""
+    ids, hashes, sigs = [], [], []
+    for seg in sorted(index.glob("*.parquet")):
+        if seg.stem == exclude_segment:
+            continue
+        t = pq.read_table(seg)
+        for i, h, s in zip(t.column("id").to_pylist(), t.column("hash").to_pylist(), t.column("signature").to_pylist()):
+            if i not in exclude_ids:
+                ids.append(i)
+                hashes.append(h)
+                sigs.append(s)
+    return ids, hashes, np.array(sigs, dtype=np.uint32).reshape(len(ids), num_perm)
+
+
+def write_index_segment(index: Path, name: str, ids, hashes, sigs) -> None:
+    index.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {"id": ids, "hash": hashes, "signature": [list(map(int, s)) for s in sigs] if sigs is not None else [[]] * len(ids)},
+        schema=INDEX_SCHEMA,
+    )
+    tmp = index / f".{name}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, index / f"{name}.parquet")
+
+
+def find_duplicates(
+    ids: list[str],
+    hashes: list[str],
+    sigs: np.ndarray | None,
+    cfg: DedupConfig,
+    index_ids: list[str] = (),
+    index_hashes: list[str] = (),
+    index_sigs: np.ndarray | None = None,
+) -> dict[str, tuple[str, str, float]]:
+    """Map each duplicate id to (kept id, 'exact' | 'near', estimated Jaccard)."""
+    from datasketch import LeanMinHash, MinHashLSH
+
+    dups: dict[str, tuple[str, str, float]] = {}
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    if cfg.exact:
+        first: dict[str, str] = {h: i for i, h in zip(index_ids, index_hashes) if h}
+        for i in order:
+            kept = first.setdefault(hashes[i], ids[i])
+            if kept != ids[i]:
+                dups[ids[i]] = (kept, "exact", 1.0)
+    if not cfg.near or sigs is None:
+        return dups
+    lsh = MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
+    signature_of: dict[str, np.ndarray] = {}
+
+    def insert(key: str, sig: np.ndarray) -> None:
+        signature_of[key] = sig
+        lsh.insert(key, LeanMinHash(seed=cfg.seed, hashvalues=sig, scheme=SCHEME), check_duplication=False)
+
+    if index_sigs is not None:
+        for key, sig in zip(index_ids, index_sigs):
+            insert(key, sig)
+    for i in order:
+        if ids[i] in dups or ids[i] in signature_of:
+            continue
+        sig = sigs[i]
+        best, best_j = None, -1.0
+        for cand in lsh.query(LeanMinHash(seed=cfg.seed, hashvalues=sig, scheme=SCHEME)):
+            j = float(np.mean(signature_of[cand] == sig))
+            if j > best_j or (j == best_j and cand < best):
+                best, best_j = cand, j
+        if best is not None and best_j >= cfg.min_jaccard:
+            dups[ids[i]] = (best, "near", round(best_j, 4))
+        else:
+            insert(ids[i], sig)
+    return dups
+
+
+DUP_SCHEMA = pa.schema(
+    [("id", pa.string()), ("url", pa.string()), ("kept_id", pa.string()), ("kind", pa.string()), ("jaccard", pa.float32())]
+)
+
+
+def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = no_progress) -> dict:
+    files = [f for ds in inputs for f in doc_files(ds)]
+    index = (Path(cfg.index_dir) if cfg.index_dir else out.parent.parent / "index") / f"minhash-{cfg.index_key()}"
+    segment = out.name.removesuffix(".partial")
+    signed = map_shards(sign_shard, [(str(f), cfg) for f in files], cfg.workers, ["tasks.dedup"], progress) if files else []
+    signed.sort(key=lambda r: r[0])
+    ids = [i for r in signed for i in r[1]]
+    hashes = [h for r in signed for h in r[2]]
+    sigs = np.concatenate([r[3] for r in signed]) if cfg.near and signed else None
+    idx_ids, idx_hashes, idx_sigs = read_index(index, segment, set(ids), cfg.num_perm)
+    dups = find_duplicates(ids, hashes, sigs, cfg, idx_ids, idx_hashes, idx_sigs if cfg.near else None)
+
+    (out / "docs").mkdir()
+    dup_rows = []
+    for n, f in enumerate(files):
+        t = pq.read_table(f)
+        is_dup = np.array([i in dups for i in t.column("id").to_pylist()], dtype=bool)
+        pq.write_table(t.filter(pa.array(~is_dup)), out / "docs" / f"part-{n:05d}.parquet", compression="zstd")
+        for i, url in zip(t.column("id").to_pylist(), t.column("url").to_pylist()):
+            if i in dups:
+                kept, kind, j = dups[i]
+                dup_rows.append({"id": i, "url": url, "kept_id": kept, "kind": kind, "jaccard": j})
+    pq.write_table(pa.Table.from_pylist(dup_rows, DUP_SCHEMA), out / "duplicates.parquet")
+    kept_mask = [i not in dups for i in ids]
+    write_index_segment(
+        index,
+        segment,
+        [i for i, k in zip(ids, kept_mask) if k],
+        [h for h, k in zip(hashes, kept_mask) if k],
+        sigs[np.array(kept_mask, dtype=bool)] if sigs is not None and ids else None,
+    )
+    exact = sum(1 for d in dups.values() if d[1] == "exact")
+    index_set = set(idx_ids)
+    return {
+        "documents_in": len(ids),
+        "exact_duplicates": exact,
+        "near_duplicates": len(dups) - exact,
+        "documents_out": len(ids) - len(dups),
+        "index_documents_before": len(idx_ids),
+        "duplicates_of_index": sum(1 for d in dups.values() if d[0] in index_set),
+        "index": str(index),
+    }
+
+
+@task(name="dedup", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
+def dedup_task(inputs: list[str], cfg: DedupConfig, root: str) -> str:
+    return prefect_stage("dedup", VERSION, dedup, inputs, cfg, root)

@@ -1,0 +1,290 @@
+"""extract: main text out of the HTML responses of WARC files, into Parquet documents.
+
+Each WARC file is one shard, processed in a worker process. A record that cannot be
+handled (damaged WARC, binary body, undecodable bytes, parser error, time-out, too large,
+no main text) goes to quarantine/ with the reason instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import re
+import signal
+import threading
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.stage import Progress, load_manifest, no_progress
+
+VERSION = 1
+
+DOC_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("url", pa.string()),
+        ("title", pa.string()),
+        ("text", pa.string()),
+        ("fetched_at", pa.string()),
+        ("warc_record_id", pa.string()),
+        ("digest", pa.string()),
+        ("warc_file", pa.string()),
+        ("html_bytes", pa.int64()),
+        ("truncated", pa.bool_()),
+    ]
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("url", pa.string()),
+        ("warc_file", pa.string()),
+        ("warc_record_id", pa.string()),
+        ("offset", pa.int64()),
+        ("bytes", pa.int64()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+class ExtractConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["trafilatura", "resiliparse"] = "trafilatura"
+    max_html_bytes: int = Field(10_000_000, ge=1, description="larger pages are quarantined")
+    timeout_s: float = Field(30.0, gt=0, description="per page")
+    include_tables: bool = True
+    favor_precision: bool = False
+    min_text_chars: int = Field(1, ge=1)
+    workers: int = Field(0, ge=0, description="worker processes; 0 = one per core")
+
+
+def doc_id(url: str) -> str:
+    return hashlib.sha1(url.encode()).hexdigest()[:16]
+
+
+class Quarantined(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.]+)""", re.I)
+
+
+def decode_html(body: bytes, content_type: str) -> str:
+    """Strict decoding with the declared charset (header, then meta), else UTF-8."""
+    head = body[:4096]
+    if b"\x00" in head:
+        raise Quarantined("binary: NUL bytes in the body")
+    controls = sum(1 for b in head if b < 9 or 13 < b < 32)
+    if head and controls / len(head) > 0.05:
+        raise Quarantined("binary: control bytes in the body")
+    charset = None
+    m = re.search(r"charset\s*=\s*[\"']?([A-Za-z0-9_\-:.]+)", content_type or "", re.I)
+    if m:
+        charset = m.group(1)
+    else:
+        m2 = _META_CHARSET.search(body[:8192])
+        if m2:
+            charset = m2.group(1).decode("ascii", "replace")
+    try:
+        return body.decode(charset or "utf-8")
+    except LookupError:
+        raise Quarantined(f"bad_encoding: unknown charset {charset!r}") from None
+    except UnicodeDecodeError as e:
+        declared = f"declared {charset}" if charset else "no charset declared, not UTF-8"
+        raise Quarantined(f"bad_encoding: {declared}, invalid byte at {e.start}") from None
+
+
+def _trafilatura(html: str, url: str, cfg: ExtractConfig) -> tuple[str, str]:
+    import trafilatura
+
+    doc = trafilatura.bare_extraction(
+        html,
+        url=url,
+        with_metadata=True,
+        include_tables=cfg.include_tables,
+        include_comments=False,
+        favor_precision=cfg.favor_precision,
+    )
+    if doc is None:
+        return "", ""
+    return doc.title or "", doc.text or ""
+
+
+def _resiliparse(html: str, url: str, cfg: ExtractConfig) -> tuple[str, str]:
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.html import HTMLTree
+
+    tree = HTMLTree.parse(html)
+    return tree.title or "", extract_plain_text(tree, main_content=True, alt_texts=False)
+
+
+BACKENDS = {"trafilatura": _trafilatura, "resiliparse": _resiliparse}
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout()
+
+
+def extract_text(html: str, url: str, cfg: ExtractConfig) -> tuple[str, str]:
+    """(title, text) with the configured backend, bounded by cfg.timeout_s where possible."""
+    backend = BACKENDS[cfg.backend]
+    if threading.current_thread() is not threading.main_thread():
+        return backend(html, url, cfg)
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, cfg.timeout_s)
+    try:
+        return backend(html, url, cfg)
+    except _Timeout:
+        raise Quarantined(f"timeout: over {cfg.timeout_s:g}s") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def extract_warc(path: str, cfg: ExtractConfig) -> tuple[list[dict], list[dict], int]:
+    """Documents and quarantine rows of one WARC file, and the number of HTML responses seen."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    docs, quarantine, responses = [], [], 0
+    name = Path(path).name
+
+    def reject(url, rid, offset, size, reason):
+        quarantine.append(
+            {"url": url, "warc_file": name, "warc_record_id": rid, "offset": offset, "bytes": size, "reason": reason}
+        )
+
+    with open(path, "rb") as f:
+        it = ArchiveIterator(f)
+        try:
+            for record in it:
+                if record.rec_type != "response":
+                    continue
+                url = record.rec_headers.get_header("WARC-Target-URI") or ""
+                rid = record.rec_headers.get_header("WARC-Record-ID") or ""
+                http = record.http_headers
+                if http is None or http.get_statuscode() != "200":
+                    continue
+                ctype = http.get_header("Content-Type") or ""
+                if ctype and not ctype.lower().startswith(("text/html", "application/xhtml")):
+                    continue
+                responses += 1
+                length = int(record.rec_headers.get_header("Content-Length") or 0)
+                if length > cfg.max_html_bytes:
+                    reject(url, rid, it.get_record_offset(), length, f"too_large: {length} bytes > {cfg.max_html_bytes}")
+                    continue
+                body = record.content_stream().read()
+                offset = it.get_record_offset()  # known once the record is read
+                try:
+                    if not body.strip():
+                        raise Quarantined("empty: no body")
+                    html = decode_html(body, ctype)
+                    try:
+                        title, text = extract_text(html, url, cfg)
+                    except Quarantined:
+                        raise
+                    except Exception as e:
+                        raise Quarantined(f"parser_error: {type(e).__name__}: {e}"[:300]) from None
+                    text = text.strip()
+                    if len(text) < cfg.min_text_chars:
+                        raise Quarantined("empty: no main text found")
+                except Quarantined as q:
+                    reject(url, rid, offset, len(body), q.reason)
+                    continue
+                docs.append(
+                    {
+                        "id": doc_id(url),
+                        "url": url,
+                        "title": title,
+                        "text": text,
+                        "fetched_at": record.rec_headers.get_header("WARC-Date") or "",
+                        "warc_record_id": rid,
+                        "digest": record.rec_headers.get_header("WARC-Payload-Digest")
+                        or "sha1:" + hashlib.sha1(body).hexdigest(),
+                        "warc_file": name,
+                        "html_bytes": len(body),
+                        "truncated": record.rec_headers.get_header("WARC-Truncated") is not None,
+                    }
+                )
+        except Exception as e:  # a damaged file: keep what came before, quarantine the rest
+            reject("", "", it.offset if hasattr(it, "offset") else -1, -1, f"damaged_warc: {type(e).__name__}: {e}"[:300])
+    return docs, quarantine, responses
+
+
+def _work(args) -> tuple[str, int, int, int]:
+    path, cfg, docs_out, q_out = args
+    docs, quarantine, responses = extract_warc(path, cfg)
+    pq.write_table(pa.Table.from_pylist(docs, DOC_SCHEMA), docs_out, compression="zstd")
+    if quarantine:
+        pq.write_table(pa.Table.from_pylist(quarantine, QUARANTINE_SCHEMA), q_out, compression="zstd")
+    return path, len(docs), len(quarantine), responses
+
+
+def process_pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
+    """Workers forked from a server that has already imported the heavy modules."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(preload)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def map_shards(fn, jobs: list, workers: int, preload: list[str], progress: Progress) -> list:
+    """Run `fn` over shard jobs in worker processes, reporting progress as shards finish."""
+    workers = min(workers or os.cpu_count() or 1, len(jobs)) or 1
+    results = []
+    with process_pool(workers, preload) as pool:
+        futures = [pool.submit(fn, job) for job in jobs]
+        for i, fut in enumerate(as_completed(futures), 1):
+            results.append(fut.result())
+            progress(i, len(jobs))
+    return results
+
+
+def warc_files(raw: list[str]) -> list[Path]:
+    files = []
+    for ds in raw:
+        m = load_manifest(ds)
+        files += [Path(ds) / f.path for f in m.files if f.path.endswith((".warc", ".warc.gz"))]
+    return files
+
+
+def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress = no_progress) -> dict:
+    files = warc_files(inputs)
+    if not files:
+        raise ValueError("extract: the raw datasets hold no WARC file")
+    (out / "docs").mkdir()
+    (out / "quarantine").mkdir()
+    jobs = [
+        (str(f), cfg, str(out / "docs" / f"part-{i:05d}.parquet"), str(out / "quarantine" / f"part-{i:05d}.parquet"))
+        for i, f in enumerate(files)
+    ]
+    results = map_shards(_work, jobs, cfg.workers, ["tasks.extract", "trafilatura", "warcio"], progress)
+    reasons: dict[str, int] = {}
+    for qf in sorted((out / "quarantine").glob("*.parquet")):
+        for r in pq.read_table(qf, columns=["reason"]).column("reason").to_pylist():
+            key = r.split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+    return {
+        "warc_files": len(files),
+        "html_responses": sum(r[3] for r in results),
+        "documents": sum(r[1] for r in results),
+        "quarantined": sum(r[2] for r in results),
+        "quarantined_by_reason": reasons,
+        "backend": cfg.backend,
+    }
+
+
+@task(name="extract", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
+def extract_task(inputs: list[str], cfg: ExtractConfig, root: str) -> str:
+    return prefect_stage("extract", VERSION, extract, inputs, cfg, root)

@@ -1,0 +1,106 @@
+"""The thin Prefect layer every stage shares: the cache policy, progress and statistics.
+
+Cache key = the task's source + the dataset's place (stage, version, config, input
+digests). A stage recomputed upstream gets a new manifest digest, so everything after it
+gets new keys; a cached result whose dataset is gone is refreshed by `call_stage`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from prefect.context import TaskRunContext
+from prefect.utilities.hashing import hash_objects
+from pydantic import BaseModel
+from tqdm.auto import tqdm
+
+from tasks.stage import StageFn, is_dataset, load_manifest, run_stage, stage_dir
+
+
+def _stage_version(task) -> int:
+    return getattr(sys.modules[task.fn.__module__], "VERSION", 1)
+
+
+class StageCache(CachePolicy):
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters, **kwargs):
+        task = task_ctx.task
+        out = stage_dir(inputs["root"], task.name, _stage_version(task), inputs["cfg"], inputs["inputs"])
+        source = TASK_SOURCE.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        return hash_objects(source, task.name, str(out))
+
+
+STAGE_CACHE = StageCache()
+
+
+class StageProgress:
+    """A terminal progress bar and a Prefect progress artifact, updated at most once a second."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self.bar: tqdm | None = None
+        self.artifact = None
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.stage, unit="item", leave=False)
+        self.bar.total = total
+        self.bar.n = done
+        now = time.monotonic()
+        if now - self.last < 1.0 and done < total:
+            return
+        self.last = now
+        self.bar.refresh()
+        pct = 100.0 * done / max(total, 1)
+        try:
+            if self.artifact is None:
+                self.artifact = create_progress_artifact(pct, key=f"{self.stage}-progress", description=self.stage)
+            else:
+                update_progress_artifact(self.artifact, pct)
+        except Exception:  # progress display must never fail the stage
+            pass
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def flat_stats(stats: dict, prefix: str = "") -> list[dict]:
+    rows = []
+    for k, v in stats.items():
+        if isinstance(v, dict):
+            rows += flat_stats(v, f"{prefix}{k}.")
+        elif not isinstance(v, list):
+            rows.append({"statistic": f"{prefix}{k}", "value": v})
+    return rows
+
+
+def prefect_stage(stage: str, version: int, fn: StageFn, inputs: list[str], cfg: BaseModel, root: str, **kw) -> str:
+    """run_stage under Prefect: progress bar and artifact, a log line and a statistics table."""
+    progress = StageProgress(stage)
+    try:
+        out = run_stage(stage, version, fn, inputs, cfg, root, progress=progress, **kw)
+    finally:
+        progress.close()
+    stats = load_manifest(out).stats
+    get_run_logger().info("%s -> %s: %s", stage, out, {k: v for k, v in stats.items() if not isinstance(v, (dict, list))})
+    create_table_artifact(flat_stats(stats), key=f"{stage}-statistics", description=f"{stage}: {out}")
+    return str(out)
+
+
+def call_stage(task, inputs: list[str], cfg: BaseModel, root: str) -> str:
+    """Call a stage task; when its dataset is gone from disk, refresh the cached result."""
+    out = stage_dir(root, task.name, _stage_version(task), cfg, inputs)
+    if not is_dataset(out):
+        task = task.with_options(refresh_cache=True)
+    return task(inputs, cfg, root)
+
+
+def expected_dir(task, inputs: list[str], cfg: BaseModel, root: str) -> Path:
+    return stage_dir(root, task.name, _stage_version(task), cfg, inputs)

@@ -1,0 +1,214 @@
+"""The dataset contract shared by every stage (see DESIGN.md).
+
+A dataset is a directory holding data files and, written last, `manifest.json`. A stage
+writes into `<name>.partial/` beside its final place and renames it into place when done,
+so a directory without a manifest never counts as a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from pydantic import BaseModel
+
+MANIFEST = "manifest.json"
+
+
+class FileEntry(BaseModel):
+    path: str
+    bytes: int
+    rows: int | None = None
+    sha256: str
+
+
+class Manifest(BaseModel):
+    stage: str
+    stage_version: int
+    code_version: str
+    config: dict[str, Any]
+    inputs: list[str]  # digests of the input manifests
+    files: list[FileEntry]
+    stats: dict[str, Any]
+    created_at: float
+    run_id: str
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.model_dump(mode="json"))
+
+
+def digest_of(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """The manifest of the dataset at `path`; a clear error when it is not a dataset."""
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a dataset: it has no {MANIFEST}")
+    return Manifest.model_validate_json(file.read_text())
+
+
+def is_dataset(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def code_version() -> str:
+    """The installed llmill version plus the git commit when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("llmill")
+    except PackageNotFoundError:
+        v = "0+unknown"
+    head = Path(__file__).resolve().parents[1] / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            ref = (head.parent / ref[5:]).read_text().strip()
+        v += f"+g{ref[:10]}"
+    except OSError:
+        pass
+    return v
+
+
+def stage_dir(root: str | Path, stage: str, version: int, cfg: BaseModel, inputs: list[str]) -> Path:
+    """Where a stage's output lives: a function of (stage, config, input digests) only."""
+    key = digest_of(
+        {
+            "stage": stage,
+            "version": version,
+            "config": cfg.model_dump(mode="json"),
+            "inputs": [load_manifest(p).digest for p in inputs],
+        }
+    )[:16]
+    return Path(root) / stage / key
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _parquet_rows(path: Path) -> int | None:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if path.suffix == ".arrow":
+        import pyarrow as pa
+
+        with pa.memory_map(str(path)) as src:
+            return pa.ipc.open_file(src).num_record_batches
+    return None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class Progress(Protocol):
+    def __call__(self, done: int, total: int) -> None: ...
+
+
+def no_progress(done: int, total: int) -> None:
+    return None
+
+
+StageFn = Callable[[list[str], Any, Path, Progress], dict]
+
+
+class StageLock:
+    """An exclusive lock on a partial directory: two runs never write the same dataset."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "w")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise RuntimeError(f"another run is writing {self.path.parent}; wait for it to finish") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+def run_stage(
+    stage: str,
+    version: int,
+    fn: StageFn,
+    inputs: list[str],
+    cfg: BaseModel,
+    root: str | Path,
+    progress: Progress = no_progress,
+    resumable: bool = False,
+) -> Path:
+    """Return the dataset for (stage, cfg, inputs), computing it only when it is absent.
+
+    A resumable stage (the crawler) keeps its partial directory across a killed run and
+    continues from it; any other stage starts its partial directory afresh.
+    """
+    for p in inputs:
+        load_manifest(p)  # fail early and clearly on a missing input
+    out = stage_dir(root, stage, version, cfg, inputs)
+    if is_dataset(out):
+        return out
+    partial = out.with_name(out.name + ".partial")
+    with StageLock(out.with_name(out.name + ".lock")):
+        if is_dataset(out):  # finished by a concurrent run while we waited
+            return out
+        if partial.exists() and not resumable:
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        stats = fn(inputs, cfg, partial, progress)
+        stats.setdefault("seconds", round(time.time() - started, 3))
+        files = []
+        for f in sorted(p for p in partial.rglob("*") if p.is_file() and p.name != MANIFEST):
+            if f.name.startswith("."):
+                continue
+            files.append(
+                FileEntry(
+                    path=str(f.relative_to(partial)),
+                    bytes=f.stat().st_size,
+                    rows=_parquet_rows(f),
+                    sha256=file_sha256(f),
+                )
+            )
+        manifest = Manifest(
+            stage=stage,
+            stage_version=version,
+            code_version=code_version(),
+            config=cfg.model_dump(mode="json"),
+            inputs=[load_manifest(p).digest for p in inputs],
+            files=files,
+            stats=stats,
+            created_at=time.time(),
+            run_id=uuid.uuid4().hex,
+        )
+        write_atomic(partial / MANIFEST, manifest.model_dump_json(indent=2).encode())
+        if out.exists():  # a stale directory without a manifest
+            shutil.rmtree(out)
+        os.replace(partial, out)
+    return out

@@ -1,0 +1,89 @@
+"""URL normalization and the network-safety rules the crawler applies to every hop."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+from courlan import clean_url
+
+SKIPPED_EXTENSIONS = frozenset(
+    ".7z .avi .bin .bmp .bz2 .css .csv .dmg .doc .docx .eot .exe .gif .gz .ico .iso .jar .jpeg .jpg "
+    ".js .json .mov .mp3 .mp4 .msi .ogg .otf .pdf .png .ppt .pptx .rar .rss .svg .tar .tgz .tif "
+    ".tiff .ttf .wav .webm .webp .woff .woff2 .xls .xlsx .xml .xz .zip".split()
+)
+
+
+def normalize_url(url: str, base: str | None = None) -> str | None:
+    """One spelling per page: absolute, lower-case scheme and host, no default port, no
+    fragment, dot segments resolved, tracking parameters dropped, query sorted.
+    Returns None for anything that is not an http(s) URL."""
+    try:
+        absolute = urljoin(base, url.strip()) if base else url.strip()
+        parts = urlsplit(absolute)
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.lower().rstrip(".")
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
+    path = urljoin("/", parts.path or "/")  # resolves ./ and ../
+    rebuilt = urlunsplit((scheme, netloc, path, parts.query, ""))
+    cleaned = clean_url(rebuilt)  # drops tracking parameters, sorts the query
+    return cleaned or rebuilt
+
+
+def host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+def origin_of(url: str) -> str:
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc}"
+
+
+def in_allowed_domains(url: str, allowed: list[str]) -> bool:
+    host = host_of(url)
+    return any(host == d or host.endswith("." + d) for d in allowed)
+
+
+def looks_non_html(url: str) -> bool:
+    path = urlsplit(url).path.lower()
+    dot = path.rfind(".")
+    return dot > path.rfind("/") and path[dot:] in SKIPPED_EXTENSIONS
+
+
+def is_public_address(addr: str) -> bool:
+    ip = ipaddress.ip_address(addr.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+async def resolve_addresses(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({info[4][0] for info in infos})
+
+
+async def refuse_private(url: str) -> str | None:
+    """The reason to refuse `url`, when its host resolves to a private, loopback, link-local
+    (cloud metadata) or otherwise non-public address; None when every address is public."""
+    p = urlsplit(url)
+    try:
+        addresses = await resolve_addresses(p.hostname or "", p.port or (443 if p.scheme == "https" else 80))
+    except OSError as e:
+        return f"dns_error: {e}"
+    private = [a for a in addresses if not is_public_address(a)]
+    if private:
+        return f"private_address: {p.hostname} resolves to {', '.join(private)}"
+    return None
