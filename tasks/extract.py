@@ -170,6 +170,8 @@ def extract_warc(path: str, cfg: ExtractConfig) -> tuple[list[dict], list[dict],
         it = ArchiveIterator(f)
         try:
             for record in it:
+                if record.format != "warc":  # warcio reads any bytes leniently, as ARC
+                    raise ValueError(f"not a WARC record (read as {record.format})")
                 if record.rec_type != "response":
                     continue
                 url = record.rec_headers.get_header("WARC-Target-URI") or ""
@@ -186,6 +188,8 @@ def extract_warc(path: str, cfg: ExtractConfig) -> tuple[list[dict], list[dict],
                     reject(url, rid, it.get_record_offset(), length, f"too_large: {length} bytes > {cfg.max_html_bytes}")
                     continue
                 body = record.content_stream().read()
+                if getattr(record.raw_stream, "limit", 0) > 0:  # the file ended inside this record
+                    raise EOFError(f"record of {url} cut off after {len(body)} bytes")
                 offset = it.get_record_offset()  # known once the record is read
                 try:
                     if not body.strip():
@@ -219,7 +223,7 @@ def extract_warc(path: str, cfg: ExtractConfig) -> tuple[list[dict], list[dict],
                     }
                 )
         except Exception as e:  # a damaged file: keep what came before, quarantine the rest
-            reject("", "", it.offset if hasattr(it, "offset") else -1, -1, f"damaged_warc: {type(e).__name__}: {e}"[:300])
+            reject(url if "url" in locals() else "", "", -1, -1, f"damaged_warc: {type(e).__name__}: {e}"[:300])
     return docs, quarantine, responses
 
 

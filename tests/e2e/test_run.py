@@ -1,0 +1,40 @@
+"""`llmill run` as `make run` calls it: the demo on builtin:pydoc, offline, summary printed."""
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tasks.pydoc_site import serve_pydoc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pydoc_site_serves_the_stdlib_only():
+    with serve_pydoc() as base:
+        assert base.startswith("http://127.0.0.1:")
+        assert b"Disallow: /getfile" in urllib.request.urlopen(base + "robots.txt").read()
+        assert b"JSON" in urllib.request.urlopen(base + "json.html").read()
+        for blocked in ("antigravity.html", "this.html", "tkinter.html", "pytest.html", "prefect.html"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(base + blocked)
+            assert e.value.code == 404, blocked
+        index = urllib.request.urlopen(base).read()
+        assert b"prefect" not in index and b"json" in index  # site-packages stay off the path
+
+
+def test_llmill_run_on_builtin_pydoc(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--set", f"root={tmp_path / 'data'}", "--set", "crawl.max_pages=40"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    for label in ("pages crawled", "documents extracted", "documents after clean", "near duplicates", "documents after dedup", "dedup dataset"):
+        assert label in out, out
+    pages = int(next(line for line in out.splitlines() if "pages crawled" in line).split("│")[2])
+    assert pages == 40
+    assert (tmp_path / "data" / "dedup").is_dir()

@@ -1,0 +1,94 @@
+"""Test helpers: WARC files from bytes, a scriptable HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+PYDOCS = Path("/usr/share/doc/python3.11/html")
+
+
+def write_warc(path: Path, pages: list[tuple[str, bytes, str]]) -> Path:
+    """A WARC.gz with one response record per (url, body, content type)."""
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        for url, body, ctype in pages:
+            headers = StatusAndHeaders("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body)))], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), length=len(body), http_headers=headers))
+    return path
+
+
+def python_doc_pages(n: int | None = None, start: int = 0) -> list[tuple[str, bytes, str]]:
+    files = sorted(PYDOCS.glob("library/*.html"))
+    files = files[start : start + n] if n else files
+    return [(f"https://docs.python.org/3.11/{f.relative_to(PYDOCS)}", f.read_bytes(), "text/html; charset=utf-8") for f in files]
+
+
+Route = Callable[[BaseHTTPRequestHandler], tuple[int, dict, bytes]]
+
+
+class Site:
+    """An HTTP server on 127.0.0.1 whose paths answer through Python functions, counting hits."""
+
+    def __init__(self, routes: dict[str, Route | tuple[int, dict, bytes]], delay_s: float = 0.0):
+        self.routes = routes
+        self.hits: Counter = Counter()
+        self.log: list[tuple[float, str, str]] = []  # (time, host header, path)
+        self.delay_s = delay_s
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                site.log.append((time.monotonic(), self.headers.get("Host", ""), self.path))
+                route = site.routes.get(self.path)
+                if route is None:
+                    status, headers, body = 404, {"Content-Type": "text/html"}, b"<html>not found</html>"
+                elif callable(route):
+                    status, headers, body = route(self)
+                else:
+                    status, headers, body = route
+                if site.delay_s:
+                    time.sleep(site.delay_s)
+                self.send_response(status)
+                for k, v in headers.items():
+                    if v is not None:  # None: leave the header out (Content-Length: body ends at close)
+                        self.send_header(k, v)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                site.hits[self.path] += 1  # counted once the whole response went out
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def html(body: str, links: list[str] = ()) -> tuple[int, dict, bytes]:
+    anchors = "".join(f'<p><a href="{u}">{u}</a></p>' for u in links)
+    page = f"<html><head><title>t</title></head><body><article><p>{body}</p>{anchors}</article></body></html>"
+    return 200, {"Content-Type": "text/html; charset=utf-8"}, page.encode()

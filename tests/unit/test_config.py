@@ -1,0 +1,50 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_config_loads_with_overrides():
+    cfg = load_config(None, ["crawl.max_pages=7", "clean.language.languages=[en, de]", "dedup.near=false"])
+    assert cfg.crawl.max_pages == 7
+    assert cfg.clean.language.languages == ["en", "de"]
+    assert cfg.dedup.near is False
+    assert cfg.crawl.seeds == ["builtin:pydoc"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("crawl.max_pagez=3", "unknown config key 'crawl.max_pagez'"),
+        ("clean.c4.curly=1", "unknown config key 'clean.c4.curly'"),
+        ("crawl.max_pages=-1", "config key 'crawl.max_pages'"),
+        ("extract.backend=lynx", "config key 'extract.backend'"),
+        ("dedup.bands=20", "bands x rows"),
+        ("nonsense", "expected key=value"),
+    ],
+)
+def test_bad_keys_and_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_bad_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("crawl: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_stops_at_once_naming_the_key():
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--set", "crawl.bogus=1"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "unknown config key 'crawl.bogus'" in proc.stdout + proc.stderr

@@ -1,0 +1,85 @@
+"""Extraction on real pages (Debian's python3.11-doc) and bad input that must be quarantined."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.extract import ExtractConfig, decode_html, extract_warc, Quarantined
+from tests.helpers import PYDOCS, python_doc_pages, write_warc
+
+pytestmark = pytest.mark.skipif(not PYDOCS.is_dir(), reason="needs python3.11-doc (make test installs it)")
+
+
+def test_real_python_docs_pages(tmp_path):
+    pages = [p for p in python_doc_pages() if p[0].endswith(("library/json.html", "library/itertools.html", "library/pathlib.html"))]
+    assert len(pages) == 3
+    warc = write_warc(tmp_path / "docs.warc.gz", pages)
+    docs, quarantine, responses = extract_warc(str(warc), ExtractConfig())
+    assert responses == 3 and not quarantine
+    by_url = {d["url"].rsplit("/", 1)[-1]: d for d in docs}
+    assert "JavaScript Object Notation" in by_url["json.html"]["text"]
+    assert "json.dumps" in by_url["json.html"]["text"]
+    assert "chain" in by_url["itertools.html"]["text"] and "permutations" in by_url["itertools.html"]["text"]
+    assert "PurePath" in by_url["pathlib.html"]["text"]
+    assert "json" in by_url["json.html"]["title"].lower()
+    # navigation and boilerplate stay out of the main text
+    assert "Previous topic" not in by_url["json.html"]["text"]
+    assert all(d["id"] and d["warc_record_id"].startswith("<urn:uuid:") and d["digest"] for d in docs)
+
+
+def test_resiliparse_backend_behind_the_same_interface(tmp_path):
+    pages = [p for p in python_doc_pages() if p[0].endswith("library/json.html")]
+    warc = write_warc(tmp_path / "docs.warc.gz", pages)
+    docs, quarantine, _ = extract_warc(str(warc), ExtractConfig(backend="resiliparse"))
+    assert not quarantine and "json.dumps" in docs[0]["text"]
+
+
+def bad_pages() -> list[tuple[str, bytes, str]]:
+    good = python_doc_pages(2)
+    latin1 = "<html><body><article><p>" + "Café crème à la française, très bon. " * 20 + "</p></article></body></html>"
+    return good + [
+        ("http://bad.test/latin1-declared", latin1.encode("latin-1"), "text/html; charset=iso-8859-1"),
+        ("http://bad.test/not-utf8", latin1.encode("latin-1"), "text/html"),
+        ("http://bad.test/empty", b"", "text/html"),
+        ("http://bad.test/huge", b"<html><body>" + b"<p>word </p>" * 1_800_000 + b"</body></html>", "text/html"),
+        ("http://bad.test/binary", bytes(range(256)) * 40, "text/html"),
+    ]
+
+
+def test_bad_pages_are_quarantined_with_reasons(tmp_path):
+    warc = write_warc(tmp_path / "bad.warc.gz", bad_pages())
+    docs, quarantine, responses = extract_warc(str(warc), ExtractConfig(max_html_bytes=10_000_000))
+    reasons = {q["url"]: q["reason"] for q in quarantine}
+    assert reasons["http://bad.test/not-utf8"].startswith("bad_encoding")
+    assert reasons["http://bad.test/empty"].startswith("empty")
+    assert reasons["http://bad.test/huge"].startswith("too_large")
+    assert reasons["http://bad.test/binary"].startswith("binary")
+    urls = {d["url"] for d in docs}
+    assert "http://bad.test/latin1-declared" in urls  # a declared charset is honoured
+    assert "Café crème" in next(d["text"] for d in docs if d["url"].endswith("latin1-declared"))
+    assert len(urls) == 3 and responses == 7
+
+
+def test_truncated_warc_keeps_what_came_before(tmp_path):
+    full = write_warc(tmp_path / "full.warc.gz", python_doc_pages(6))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.warc.gz"
+    cut.write_bytes(data[: int(len(data) * 0.7)])
+    docs, quarantine, _ = extract_warc(str(cut), ExtractConfig())
+    assert 1 <= len(docs) < 6
+    assert quarantine[-1]["reason"].startswith("damaged_warc")
+    garbage = tmp_path / "garbage.warc.gz"
+    garbage.write_bytes(gzip.compress(b"this is not a WARC file at all\r\n\r\n"))
+    docs, quarantine, _ = extract_warc(str(garbage), ExtractConfig())
+    assert docs == [] and quarantine[0]["reason"].startswith("damaged_warc")
+
+
+def test_decode_html_rules():
+    assert decode_html("é".encode(), "text/html") == "é"
+    assert decode_html('<meta charset="latin-1">é'.encode("latin-1"), "") .endswith("é")
+    with pytest.raises(Quarantined, match="unknown charset"):
+        decode_html(b"abc", "text/html; charset=klingon")
