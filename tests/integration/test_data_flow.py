@@ -14,7 +14,6 @@ from tasks.stage import load_manifest
 from tests.helpers import PYDOCS, python_doc_pages, write_warc
 from tests.unit.test_extract import bad_pages
 
-pytestmark = pytest.mark.skipif(not PYDOCS.is_dir(), reason="needs python3.11-doc (make test installs it)")
 STAGES = ("ingest", "extract", "clean", "dedup")
 
 

@@ -17,7 +17,6 @@ from tasks.stage import load_manifest, run_stage
 from tests.helpers import PYDOCS
 
 SOURCES = PYDOCS / "_sources" / "library"
-pytestmark = pytest.mark.skipif(not SOURCES.is_dir(), reason="needs python3.11-doc (make test installs it)")
 
 
 def originals(n: int, offset: int = 0) -> list[str]:

@@ -11,7 +11,6 @@ import pytest
 from tasks.extract import ExtractConfig, decode_html, extract_warc, Quarantined
 from tests.helpers import PYDOCS, python_doc_pages, write_warc
 
-pytestmark = pytest.mark.skipif(not PYDOCS.is_dir(), reason="needs python3.11-doc (make test installs it)")
 
 
 def test_real_python_docs_pages(tmp_path):
