@@ -29,7 +29,7 @@ test: $(STAMP) docs-pages
 # The peers live in their own venv: datatrove and rensa are not project dependencies.
 .bench-venv/.installed:
 	$(PY) -m venv .bench-venv
-	.bench-venv/bin/pip install -q 'datatrove[processing]' spacy rensa warcio
+	.bench-venv/bin/pip install -q 'datatrove[processing]' spacy rensa warcio faust-cchardet python-magic orjson
 	touch $@
 
 bench: $(STAMP) docs-pages .bench-venv/.installed

@@ -64,24 +64,25 @@ def plain_trafilatura(items) -> float:
 
 
 def minhash_peers(texts: list[str]) -> dict:
-    import numpy as np
     from datasketch import MinHash
 
     from tasks.dedup import Signer
 
-    words = [re.findall(r"\w+", t.lower()) for t in texts]
-    shingles = [[" ".join(w[i : i + 5]).encode() for i in range(max(1, len(w) - 4))] for w in words]
+    def shingles(t: str) -> list[bytes]:
+        w = re.findall(r"\w+", t.lower())
+        return [" ".join(w[i : i + 5]).encode() for i in range(max(1, len(w) - 4))]
+
     signer = Signer(5, 112, 1)
     ours, _ = timed(lambda: [signer.signature(t) for t in texts])
 
     def one_at_a_time():
-        for sh in shingles:
+        for t in texts:
             m = MinHash(num_perm=112, seed=1)
-            for s in sh:
+            for s in shingles(t):
                 m.update(s)
 
     one, _ = timed(one_at_a_time)
-    batch, _ = timed(lambda: [MinHash(num_perm=112, seed=1).update_batch(sh) for sh in shingles])
+    batch, _ = timed(lambda: [MinHash(num_perm=112, seed=1).update_batch(shingles(t)) for t in texts])
     out = {"ours_s": ours, "datasketch_one_at_a_time_s": one, "datasketch_update_batch_s": batch}
     if BENCH_PY.exists():
         probe = subprocess.run([str(BENCH_PY), "-c", "import rensa"], capture_output=True)
@@ -89,19 +90,18 @@ def minhash_peers(texts: list[str]) -> dict:
             src = WORK / "texts.json"
             src.write_text(json.dumps(texts))
             code = (
-                "import json,re,sys,time; from rensa import RMinHash; t=json.load(open(sys.argv[1]));"
-                "w=[re.findall(r'\\w+',x.lower()) for x in t]; sh=[[' '.join(x[i:i+5]) for i in range(max(1,len(x)-4))] for x in w];"
-                "s=time.perf_counter(); [RMinHash(num_perm=112, seed=1).update(x) for x in sh]; print(time.perf_counter()-s)"
+                "import json,re,sys,time; from rensa import RMinHash; t=json.load(open(sys.argv[1])); s=time.perf_counter()\n"
+                "for x in t:\n w=re.findall(r'\\w+',x.lower()); RMinHash(num_perm=112, seed=1).update([' '.join(w[i:i+5]) for i in range(max(1,len(w)-4))])\n"
+                "print(time.perf_counter()-s)"
             )
             r = subprocess.run([str(BENCH_PY), "-c", code, str(src)], capture_output=True, text=True)
             if r.returncode == 0:
                 out["rensa_s"] = float(r.stdout.strip().splitlines()[-1])
-    del np
     return out
 
 
 def stage_runs(warc_dir: Path, workers: int) -> dict:
-    from tasks.clean import CleanConfig, clean
+    from tasks.clean import clean
     from tasks.dedup import DedupConfig, dedup
     from tasks.extract import ExtractConfig, extract
     from tasks.ingest import IngestConfig, ingest
@@ -115,7 +115,6 @@ def stage_runs(warc_dir: Path, workers: int) -> dict:
     clean_cfg = load_config().clean.model_copy(update={"workers": workers})
     t_clean, cleaned = timed(lambda: run_stage("clean", 1, clean, [str(docs)], clean_cfg, root))
     t_dedup, deduped = timed(lambda: run_stage("dedup", 1, dedup, [str(cleaned)], DedupConfig(workers=workers), root))
-    del CleanConfig
     return {
         "extract_s": t_ext,
         "clean_s": t_clean,
@@ -127,12 +126,12 @@ def stage_runs(warc_dir: Path, workers: int) -> dict:
     }
 
 
-def flow_runs(warc_dir: Path, workers: int) -> dict:
+def flow_runs(warc_dir: Path, workers: int, extra: tuple[str, ...] = (), tag: str = "") -> dict:
     """The whole data flow under Prefect (server already started), cold and then cached."""
     from flows.config import load_config
     from flows.data import data_flow
 
-    root = WORK / f"flow-w{workers}"
+    root = WORK / f"flow-w{workers}{tag}"
     shutil.rmtree(root, ignore_errors=True)
     cfg = load_config(
         None,
@@ -143,6 +142,7 @@ def flow_runs(warc_dir: Path, workers: int) -> dict:
             f"extract.workers={workers}",
             f"clean.workers={workers}",
             f"dedup.workers={workers}",
+            *extra,
         ],
     )
     cold, _ = timed(lambda: data_flow(cfg))
@@ -202,7 +202,8 @@ def main() -> None:
     with prefect_test_harness(server_startup_timeout=120):
         f1 = flow_runs(warc_dir, 1)
         f2 = flow_runs(warc_dir, 2)
-    print(f"flow, 1 worker: {f1}; 2 workers: {f2}")
+        f1_full = flow_runs(warc_dir, 1, ("extract.fast=false",), "-fallbacks")
+    print(f"flow, 1 worker: {f1}; 2 workers: {f2}; 1 worker with trafilatura's fallbacks: {f1_full}")
     dt = datatrove_peer(warc_dir)
     print(f"datatrove: {dt}")
 
@@ -222,6 +223,8 @@ def main() -> None:
         "raw": {"stages_1": s1, "stages_2": s2, "flow_1": f1, "flow_2": f2, "minhash": mh, "datatrove": dt, "plain_s": t_plain},
     }
     res["flow_vs_plain_trafilatura"] = res["flow_docs_per_s_per_core"]["1"] / res["plain_trafilatura_docs_per_s"]
+    res["flow_with_fallbacks_vs_plain_trafilatura"] = rate(n, f1_full["cold_s"]) / res["plain_trafilatura_docs_per_s"]
+    res["raw"]["flow_1_fallbacks"] = f1_full
     if dt:
         res["flow_vs_datatrove"] = res["flow_docs_per_s_per_core"]["1"] / res["datatrove_docs_per_s_per_core"]
     (HERE / "results-data.json").write_text(json.dumps(res, indent=2, default=str))

@@ -41,14 +41,41 @@ def _print_data_summary(result: dict) -> None:
     console.print(table)
 
 
+def _print_pretrain_summary(result: dict) -> None:
+    from flows.pretrain import summary_rows
+
+    table = Table(title="llmill pretrain flow")
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for label, value in summary_rows(result):
+        table.add_row(label, value)
+    console.print(table)
+
+
 @app.command()
 def run(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
-    """The whole pipeline (for now: the data flow)."""
+    """The whole pipeline: data, then tokenizer, token shards and pretraining."""
     cfg = _load(config, set_)
     from flows.pipeline import pipeline_flow
 
     result = pipeline_flow(cfg)
     _print_data_summary(result["data"])
+    _print_pretrain_summary(result["pretrain"])
+
+
+@app.command()
+def pretrain(
+    config: Optional[Path] = ConfigArg,
+    set_: list[str] = SetOpt,
+    documents: Optional[Path] = typer.Option(None, help="a dedup dataset; default: the data flow's (from cache)"),
+):
+    """train_tokenizer, tokenize and pretrain on a documents dataset."""
+    cfg = _load(config, set_)
+    from flows.data import data_flow
+    from flows.pretrain import pretrain_flow
+
+    docs = str(documents) if documents else data_flow(cfg)["dedup"]
+    _print_pretrain_summary(pretrain_flow(cfg, docs))
 
 
 @app.command()

@@ -4,7 +4,6 @@ parameters all become this pydantic model, and an unknown key or bad value fails
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,6 +13,9 @@ from tasks.crawl import CrawlConfig
 from tasks.dedup import DedupConfig
 from tasks.extract import ExtractConfig
 from tasks.ingest import IngestConfig
+from tasks.pretrain import PretrainConfig
+from tasks.tokenize import TokenizeConfig
+from tasks.train_tokenizer import TokenizerConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -28,6 +30,9 @@ class LlmillConfig(BaseModel):
     extract: ExtractConfig = ExtractConfig()
     clean: CleanConfig = CleanConfig()
     dedup: DedupConfig = DedupConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""The parent flow: data now; pretrain, finetune and evaluate join as they land."""
+"""The parent flow: data -> pretrain; finetune and evaluate join as they land."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from prefect import flow
 
 from flows.config import LlmillConfig
 from flows.data import data_flow
+from flows.pretrain import pretrain_flow
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(config: LlmillConfig) -> dict:
-    return {"data": data_flow(config)}
+    data = data_flow(config)
+    return {"data": data, "pretrain": pretrain_flow(config, data["dedup"])}

@@ -70,8 +70,8 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 
 def normalize_text(text: str, form: str = "NFC") -> str:
     text = unicodedata.normalize(form, text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = _CONTROL.sub("", text)
-    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    text = _SPACES.sub(" ", _CONTROL.sub("", text))
+    lines = (line.strip() for line in text.split("\n"))
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 

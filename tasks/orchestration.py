@@ -23,6 +23,11 @@ from tqdm.auto import tqdm
 from tasks.stage import StageFn, is_dataset, load_manifest, run_stage, stage_dir
 
 
+def artifact_key(stage: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return stage.replace("_", "-")
+
+
 def _stage_version(task) -> int:
     return getattr(sys.modules[task.fn.__module__], "VERSION", 1)
 
@@ -60,7 +65,7 @@ class StageProgress:
         pct = 100.0 * done / max(total, 1)
         try:
             if self.artifact is None:
-                self.artifact = create_progress_artifact(pct, key=f"{self.stage}-progress", description=self.stage)
+                self.artifact = create_progress_artifact(pct, key=f"{artifact_key(self.stage)}-progress", description=self.stage)
             else:
                 update_progress_artifact(self.artifact, pct)
         except Exception:  # progress display must never fail the stage
@@ -90,7 +95,7 @@ def prefect_stage(stage: str, version: int, fn: StageFn, inputs: list[str], cfg:
         progress.close()
     stats = load_manifest(out).stats
     get_run_logger().info("%s -> %s: %s", stage, out, {k: v for k, v in stats.items() if not isinstance(v, (dict, list))})
-    create_table_artifact(flat_stats(stats), key=f"{stage}-statistics", description=f"{stage}: {out}")
+    create_table_artifact(flat_stats(stats), key=f"{artifact_key(stage)}-statistics", description=f"{stage}: {out}")
     return str(out)
 
 

@@ -6,11 +6,13 @@ threshold it failed. Defaults are FineWeb's; the thresholds are config.
 from __future__ import annotations
 
 import re
-from collections import Counter
+
+import numpy as np
 
 from pydantic import BaseModel, ConfigDict
 
 WORD = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]+")
+_HAS_LETTER = re.compile(r"[^\W\d_]")
 STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
 BULLETS = ("•", "‣", "○", "▪", "▫", "-", "*", "●", "◦", "⁃")
 END_PUNCT = (".", "!", "?", '"', "'", "”", "’", "…")
@@ -82,6 +84,15 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
+def _gram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """One 64-bit hash per n-gram of word ids, all at once."""
+    h = np.zeros(len(ids) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            h = (h ^ ids[j : len(ids) - n + 1 + j]) * np.uint64(0x100000001B3) + np.uint64(j + 1)
+    return h
+
+
 def gopher_repetition(text: str, words: list[str], cfg: GopherRepetitionConfig) -> str | None:
     paragraphs = [p for p in re.split(r"\n{2,}", text.strip()) if p.strip()]
     n, chars = _duplicates(paragraphs)
@@ -95,35 +106,42 @@ def gopher_repetition(text: str, words: list[str], cfg: GopherRepetitionConfig) 
         return "dup_line_frac"
     if text and chars / len(text) > cfg.dup_line_char_frac:
         return "dup_line_char_frac"
-    total_chars = sum(len(w) for w in words) or 1
+    if not words:
+        return None
+    vocab: dict[str, int] = {}
+    ids = np.fromiter((vocab.setdefault(w, len(vocab) + 1) for w in words), dtype=np.uint64, count=len(words))
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    total_chars = int(lengths.sum()) or 1
+    cum = np.concatenate(([0], np.cumsum(lengths)))
     for n_, thr in cfg.top_n_grams.items():
         if len(words) < n_:
             continue
-        grams = Counter(" ".join(words[i : i + n_]) for i in range(len(words) - n_ + 1))
-        gram, count = grams.most_common(1)[0]
-        if count > 1 and len(gram) * count / total_chars > thr:
-            return f"top_{n_}_gram"
+        grams, first, counts = np.unique(_gram_hashes(ids, n_), return_index=True, return_counts=True)
+        top = int(np.argmax(counts))
+        if counts[top] > 1:
+            i = first[top]
+            gram_chars = int(cum[i + n_] - cum[i]) + n_ - 1  # the words and the spaces between them
+            if gram_chars * int(counts[top]) / total_chars > thr:
+                return f"top_{n_}_gram"
     for n_, thr in cfg.dup_n_grams.items():
         if len(words) < n_:
             continue
-        seen: set[str] = set()
-        dup_chars = 0
-        covered = -1  # words already counted as duplicated, so overlaps count once
-        for i in range(len(words) - n_ + 1):
-            gram = " ".join(words[i : i + n_])
-            if gram in seen:
-                start = max(i, covered + 1)
-                dup_chars += sum(len(w) for w in words[start : i + n_])
-                covered = i + n_ - 1
-            else:
-                seen.add(gram)
+        hashes = _gram_hashes(ids, n_)
+        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        repeats = np.flatnonzero(first[inverse] < np.arange(len(hashes)))
+        if not len(repeats):
+            continue
+        cover = np.zeros(len(words) + 1, dtype=np.int64)  # words inside a repeated n-gram, once each
+        np.add.at(cover, repeats, 1)
+        np.add.at(cover, repeats + n_, -1)
+        dup_chars = int(lengths[np.cumsum(cover[:-1]) > 0].sum())
         if dup_chars / total_chars > thr:
             return f"duplicated_{n_}_gram"
     return None
 
 
 def gopher_quality(text: str, words: list[str], cfg: GopherQualityConfig) -> str | None:
-    alpha_words = [w for w in words if any(c.isalpha() for c in w)]
+    alpha_words = [w for w in words if _HAS_LETTER.search(w)]
     n = len(alpha_words)
     if n < cfg.min_doc_words:
         return "min_doc_words"

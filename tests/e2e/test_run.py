@@ -29,7 +29,11 @@ def test_pydoc_site_serves_the_stdlib_only():
 
 def test_llmill_run_on_builtin_pydoc(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--set", f"root={tmp_path / 'data'}", "--set", "crawl.max_pages=40"]
+    small = ["crawl.max_pages=40", "tokenizer.vocab_size=512", "pretrain.model.preset=test-tiny", "pretrain.train.steps=20",
+             "pretrain.train.eval_every=10", "tokenize.val_fraction=0.2", "pretrain.train.checkpoint_every=10", "pretrain.train.micro_batch_size=4"]
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--set", f"root={tmp_path / 'data'}"]
+    for assignment in small:
+        cmd += ["--set", assignment]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -38,3 +42,7 @@ def test_llmill_run_on_builtin_pydoc(tmp_path):
     pages = int(next(line for line in out.splitlines() if "pages crawled" in line).split("│")[2])
     assert pages == 40
     assert (tmp_path / "data" / "dedup").is_dir()
+    for label in ("tokenizer vocabulary", "validation bits per byte", "Hugging Face model"):
+        assert label in out, out
+    run_dir = next((tmp_path / "data" / "pretrain").glob("*[0-9a-f]"))
+    assert (run_dir / "hf" / "config.json").exists() and (run_dir / "loss.png").exists()

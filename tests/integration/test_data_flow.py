@@ -11,7 +11,7 @@ import pytest
 from flows.config import LlmillConfig, load_config
 from flows.data import data_flow
 from tasks.stage import load_manifest
-from tests.helpers import PYDOCS, python_doc_pages, write_warc
+from tests.helpers import python_doc_pages, write_warc
 from tests.unit.test_extract import bad_pages
 
 STAGES = ("ingest", "extract", "clean", "dedup")

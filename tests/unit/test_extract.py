@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from tasks.extract import ExtractConfig, decode_html, extract_warc, Quarantined
-from tests.helpers import PYDOCS, python_doc_pages, write_warc
+from tests.helpers import python_doc_pages, write_warc
 
 
 

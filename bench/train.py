@@ -1,0 +1,107 @@
+"""Training throughput: our decoder against transformers' LlamaForCausalLM built with the same
+config, same batch, same precision, in the same run; and achieved FLOP/s against a plain
+bf16 matmul measured in the same run.
+
+    .venv/bin/python bench/train.py [--preset demo] [--batch 8] [--steps 6] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.export import hf_config  # noqa: E402
+from model.llama import Llama, ModelConfig, param_groups  # noqa: E402
+
+
+def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def step_rate(model, loss_fn, x, y, precision: str, steps: int) -> float:
+    opt = torch.optim.AdamW(param_groups(model, 0.1) if hasattr(model, "cfg") else model.parameters(), lr=1e-4)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+    def one():
+        with ctx:
+            loss = loss_fn(model, x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):  # warm-up (and compilation)
+        one()
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    return x.numel() * steps / (time.perf_counter() - start)
+
+
+def ours_loss(model, x, y):
+    return model(x, y)[1]
+
+
+def hf_loss(model, x, y):
+    logits = model(input_ids=x).logits
+    return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(preset=args.preset, vocab_size=args.vocab)
+    x = torch.randint(0, cfg.vocab_size, (args.batch, cfg.max_seq_len))
+    y = torch.roll(x, -1, 1)
+    flops_per_token = Llama(cfg).flops_per_token()
+    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    modes = [("fp32", False), ("bf16", False)] + ([] if args.no_compile else [("fp32", True), ("bf16", True)])
+    rows = []
+    for precision, compiled in modes:
+        rates = {}
+        for name, build, loss in (("ours", lambda: Llama(cfg), ours_loss), ("hf", lambda: LlamaForCausalLM(hf_config(cfg)), hf_loss)):
+            torch.manual_seed(0)
+            model = build().train()
+            if compiled:
+                model = torch.compile(model)
+            rates[name] = step_rate(model, loss, x, y, precision, args.steps)
+        achieved = rates["ours"] * flops_per_token
+        rows.append(
+            {
+                "mode": f"{precision}{' compiled' if compiled else ''}",
+                "ours_tokens_per_s": round(rates["ours"]),
+                "hf_tokens_per_s": round(rates["hf"]),
+                "ours_vs_hf": round(rates["ours"] / rates["hf"], 3),
+                "ours_gflops": round(achieved / 1e9, 1),
+                "matmul_gflops": round(peak[precision] / 1e9, 1),
+                "share_of_matmul": round(achieved / peak[precision], 3),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"preset": args.preset, "params": Llama(cfg).num_params(), "batch": args.batch, "seq_len": cfg.max_seq_len,
+              "threads": torch.get_num_threads(), "rows": rows}
+    (Path(__file__).parent / "results-train.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

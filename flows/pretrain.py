@@ -1,0 +1,44 @@
+"""The pretrain flow: train_tokenizer -> tokenize -> pretrain, on a deduplicated dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from flows.config import LlmillConfig
+from tasks.orchestration import call_stage
+from tasks.stage import load_manifest
+from tasks.pretrain import pretrain_task
+from tasks.tokenize import tokenize_task
+from tasks.train_tokenizer import train_tokenizer_task
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain_flow(config: LlmillConfig, documents: str) -> dict:
+    """`documents`: a dedup (or clean) dataset directory, e.g. the data flow's `dedup` output."""
+    root = str(Path(config.root).resolve())
+    tokenizer = call_stage(train_tokenizer_task, [documents], config.tokenizer, root)
+    shards = call_stage(tokenize_task, [documents, tokenizer], config.tokenize, root)
+    run = call_stage(pretrain_task, [shards, tokenizer], config.pretrain, root)
+    return {"tokenizer": tokenizer, "shards": shards, "run": run}
+
+
+def summary_rows(result: dict) -> list[tuple[str, str]]:
+    tok = load_manifest(result["tokenizer"]).stats
+    shards = load_manifest(result["shards"]).stats
+    run = load_manifest(result["run"]).stats
+    rows = [
+        ("tokenizer vocabulary", str(tok["vocab_size"])),
+        ("tokens train / val", f"{shards['tokens']['train']:,} / {shards['tokens']['val']:,}"),
+        ("model parameters", f"{run['params']:,}"),
+        ("steps", str(run["steps"])),
+        ("tokens seen", f"{run['tokens_seen']:,}"),
+    ]
+    for key, label in (("val_loss", "validation loss (nats/token)"), ("val_ppl", "validation perplexity"), ("val_bpb", "validation bits per byte")):
+        if key in run:
+            rows.append((label, f"{run[key]:.4f}"))
+    if "val_loss" not in run:
+        rows.append(("validation", "none: the val split holds less than one window (raise tokenize.val_fraction)"))
+    rows += [("training seconds", f"{run['seconds']:.0f}"), ("run", result["run"]), ("Hugging Face model", str(Path(result["run"]) / "hf"))]
+    return rows

@@ -1,0 +1,247 @@
+"""A Llama-style decoder on one screen: RMSNorm, rotary positions, SwiGLU, causal SDPA.
+
+Weights map one-to-one onto transformers' LlamaForCausalLM (same RoPE convention,
+rotate-half), so export is a renaming (model/export.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.checkpoint import checkpoint
+
+PRESETS: dict[str, dict] = {
+    "test-tiny": dict(n_layer=2, n_head=2, n_kv_head=2, d_model=64, d_ff=192, max_seq_len=128),
+    "demo": dict(n_layer=4, n_head=4, n_kv_head=4, d_model=256, d_ff=768, max_seq_len=256),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_kv_head=12, d_model=768, d_ff=2048, max_seq_len=1024),
+}
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    preset: str | None = Field("demo", description="test-tiny | demo | gpt2-small; explicit fields override it")
+    vocab_size: int = Field(4096, ge=8, description="set from the tokenizer by the pipeline")
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_kv_head: int = Field(4, ge=1)
+    d_model: int = Field(256, ge=8)
+    d_ff: int = Field(768, ge=8)
+    max_seq_len: int = Field(256, ge=8)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = Field(0.0, ge=0, lt=1)
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset", "demo"):
+            name = data.get("preset", "demo")
+            if name not in PRESETS:
+                raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+            data = {**PRESETS[name], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.n_head or self.n_head % self.n_kv_head or (self.d_model // self.n_head) % 2:
+            raise ValueError("d_model must split into n_head even-sized heads, and n_head into n_kv_head groups")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
+    freqs = torch.outer(torch.arange(cfg.max_seq_len, device=device).float(), inv)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.q = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
+        self.k = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.v = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.o = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin):
+        b, t, _ = x.shape
+        c = self.cfg
+        q = self.q(x).view(b, t, c.n_head, c.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, t, c.n_kv_head, c.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, t, c.n_kv_head, c.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=c.dropout if self.training else 0.0, enable_gqa=c.n_kv_head != c.n_head
+        )
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm, self.attn = RMSNorm(cfg.d_model, cfg.norm_eps), Attention(cfg)
+        self.mlp_norm, self.mlp = RMSNorm(cfg.d_model, cfg.norm_eps), SwiGLU(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.gradient_checkpointing = False
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2: scale the residual projections by depth
+            for w in (block.attn.o.weight, block.mlp.down.weight):
+                nn.init.normal_(w, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+
+    def _init(self, m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=self.cfg.init_std)
+
+    def forward(self, idx, targets=None, ignore_index: int = -100):
+        t = idx.shape[1]
+        if t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        x = self.drop(self.embed(idx))
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin)
+        logits = self.lm_head(self.norm(x))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+        return logits, loss
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 per parameter plus attention (PaLM appendix B)."""
+        c = self.cfg
+        return 6 * (self.num_params() - (0 if c.tie_embeddings else self.embed.weight.numel())) + 12 * c.n_layer * c.d_model * c.max_seq_len
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None):
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.cfg.max_seq_len :])
+            logits = logits[:, -1, :].float()
+            if temperature <= 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                if top_p:
+                    sorted_logits, order = torch.sort(logits, descending=True)
+                    probs = sorted_logits.softmax(-1)
+                    drop = probs.cumsum(-1) - probs > top_p
+                    logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+                nxt = torch.multinomial(logits.softmax(-1), 1)
+            idx = torch.cat((idx, nxt), dim=1)
+            if eos_id is not None and bool((nxt == eos_id).all()):
+                break
+        return idx
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decoupled weight decay on matrices only: none on norms, biases or embeddings."""
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 or "embed" in name or "lm_head" in name and model.cfg.tie_embeddings else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def load_word_vectors(model: Llama, pieces: list[str], path: str, seed: int = 0) -> int:
+    """Initialize token embeddings from GloVe / word2vec text vectors, matched through the
+    tokenizer's pieces (case-folded, without the word-start mark); the rest stay random.
+    Vectors of another width are projected by a fixed random matrix. Returns the match count."""
+    wanted: dict[str, list[int]] = {}
+    for i, piece in enumerate(pieces):
+        word = piece.removeprefix("\u2581").lower()
+        if word:
+            wanted.setdefault(word, []).append(i)
+    rows, vecs = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f):
+            parts = line.rstrip().split(" ")
+            if n == 0 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                continue  # word2vec header: count and width
+            if len(parts) < 3 or parts[0] not in wanted:
+                continue
+            try:
+                v = [float(x) for x in parts[1:]]
+            except ValueError:
+                raise ValueError(f"{path}:{n + 1}: not a word-vector line") from None
+            for i in wanted.pop(parts[0]):
+                rows.append(i)
+                vecs.append(v)
+    if not rows:
+        return 0
+    V = torch.tensor(vecs)
+    if V.shape[1] != model.cfg.d_model:
+        g = torch.Generator().manual_seed(seed)
+        V = V @ (torch.randn(V.shape[1], model.cfg.d_model, generator=g) / math.sqrt(V.shape[1]))
+    V = (V - V.mean()) / (V.std() + 1e-8) * model.cfg.init_std
+    with torch.no_grad():
+        model.embed.weight[torch.tensor(rows)] = V.to(model.embed.weight.dtype)
+    return len(rows)

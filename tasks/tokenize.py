@@ -1,0 +1,120 @@
+"""tokenize: deduplicated documents -> Arrow IPC token shards under train/ and val/.
+
+Each shard is a pair of uncompressed Arrow IPC files, so it memory-maps:
+  part-NNNNN.arrow       one flat `tokens` column (uint16 when the vocabulary fits, else
+                         uint32), every document followed by </s>
+  part-NNNNN.docs.arrow  doc_id, start, length: where each document's tokens lie
+The split is by a hash of the document id, so a document keeps its split as the corpus grows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.clean import doc_files
+from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.stage import Progress, load_manifest, no_progress
+from tasks.train_tokenizer import EOS, MODEL_FILE
+
+VERSION = 1
+SPLITS = ("train", "val")
+
+
+class TokenizeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    seed: int = 0
+    threads: int = Field(0, ge=0, description="sentencepiece encoder threads; 0 = one per core")
+
+
+def split_of(doc_id: str, cfg: TokenizeConfig) -> str:
+    h = int.from_bytes(hashlib.sha1(f"{cfg.seed}:{doc_id}".encode()).digest()[:8], "big")
+    return "val" if h / 2**64 < cfg.val_fraction else "train"
+
+
+def token_dtype(vocab_size: int) -> pa.DataType:
+    return pa.uint16() if vocab_size <= 2**16 else pa.uint32()
+
+
+def write_ipc(path: Path, table: pa.Table) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def tokenizer_path(dataset: str) -> Path:
+    return Path(dataset) / MODEL_FILE
+
+
+def encode_shard(sp, src: Path, index: int, out: Path, cfg: TokenizeConfig, threads: int) -> dict:
+    t = pq.read_table(src, columns=["id", "text"])
+    ids, texts = t.column("id").to_pylist(), t.column("text").to_pylist()
+    encoded = sp.encode(texts, num_threads=threads) if texts else []
+    dtype = token_dtype(sp.get_piece_size())
+    stats = {}
+    for split in SPLITS:
+        rows = [i for i, d in enumerate(ids) if split_of(d, cfg) == split]
+        lengths = np.array([len(encoded[i]) for i in rows], dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1])) if len(rows) else np.zeros(0, np.int64)
+        flat = np.full(int(lengths.sum() + len(rows)), EOS, dtype=dtype.to_pandas_dtype())
+        for i, s, n in zip(rows, starts, lengths):
+            flat[s : s + n] = encoded[i]
+        name = f"part-{index:05d}"
+        write_ipc(out / split / f"{name}.arrow", pa.table({"tokens": pa.array(flat, type=dtype)}))
+        write_ipc(
+            out / split / f"{name}.docs.arrow",
+            pa.table({"doc_id": [ids[i] for i in rows], "start": pa.array(starts, pa.int64()), "length": pa.array(lengths, pa.int32())}),
+        )
+        stats[split] = {
+            "documents": len(rows),
+            "tokens": int(len(flat)),
+            "bytes": sum(len(texts[i].encode("utf-8")) for i in rows),
+        }
+    return stats
+
+
+def tokenize(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: Progress = no_progress) -> dict:
+    import sentencepiece as spm
+
+    docs, tok = inputs
+    if load_manifest(tok).stage != "train_tokenizer":
+        raise ValueError(f"tokenize: {tok} is not a tokenizer dataset")
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path(tok)))
+    files = doc_files(docs)
+    for split in SPLITS:
+        (out / split).mkdir()
+    cores = cfg.threads or os.cpu_count() or 1
+    workers = min(len(files), 2) or 1  # two shards in flight keep the encoder threads busy
+    totals = {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
+    done = 0
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(encode_shard, sp, f, i, out, cfg, max(1, cores // workers)) for i, f in enumerate(files)]
+        for fut in futures:
+            for split, st in fut.result().items():
+                for k, v in st.items():
+                    totals[split][k] += v
+            done += 1
+            progress(done, len(files))
+    if totals["train"]["documents"] == 0:
+        raise ValueError("tokenize: the corpus is empty; no document reached the train split")
+    return {
+        "vocab_size": sp.get_piece_size(),
+        "dtype": str(token_dtype(sp.get_piece_size())),
+        "tokens": {s: totals[s]["tokens"] for s in SPLITS},
+        "documents": {s: totals[s]["documents"] for s in SPLITS},
+        "bytes": {s: totals[s]["bytes"] for s in SPLITS},
+        "shards": len(files),
+    }
+
+
+@task(name="tokenize", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
+def tokenize_task(inputs: list[str], cfg: TokenizeConfig, root: str) -> str:
+    return prefect_stage("tokenize", VERSION, tokenize, inputs, cfg, root)

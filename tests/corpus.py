@@ -1,0 +1,41 @@
+"""Small real corpora for tests: the Python library reference sources from python3.11-doc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from tasks.stage import run_stage
+from tests.helpers import PYDOCS
+
+
+def library_texts(n: int, max_chars: int = 12_000) -> list[str]:
+    files = sorted((PYDOCS / "_sources" / "library").glob("*.rst.txt"))
+    texts = []
+    for f in files:
+        text = "\n".join(line.rstrip() for line in f.read_text(errors="replace").splitlines()).strip()
+        if len(text) > 2000:
+            texts.append(text[:max_chars])
+        if len(texts) == n:
+            break
+    return texts
+
+
+class CorpusName(BaseModel):
+    name: str
+
+
+def corpus_dataset(root: Path, name: str, texts: list[str]) -> str:
+    """A documents dataset (like dedup's output) holding `texts`."""
+
+    def write(inputs, cfg, out, progress):
+        (out / "docs").mkdir()
+        rows = [{"id": f"{name}-{i:04d}", "url": f"http://corpus/{name}/{i}", "text": t} for i, t in enumerate(texts)]
+        schema = pa.schema([("id", pa.string()), ("url", pa.string()), ("text", pa.string())])
+        pq.write_table(pa.Table.from_pylist(rows, schema), out / "docs" / "part-00000.parquet")
+        return {"documents_out": len(rows)}
+
+    return str(run_stage("corpus", 1, write, [], CorpusName(name=name), root))

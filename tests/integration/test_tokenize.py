@@ -1,0 +1,100 @@
+"""Tokenizer and token shards on real text (the Python library reference sources)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import sentencepiece as spm
+
+from model.data import ShardError, TokenWindows, open_tokens
+from tasks.stage import load_manifest, run_stage
+from tasks.tokenize import TokenizeConfig, token_dtype, tokenize
+from tasks.train_tokenizer import EOS, TokenizerConfig, train_tokenizer
+from tests.corpus import corpus_dataset, library_texts
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    docs = corpus_dataset(root, "lib", library_texts(80))
+    tok = run_stage("train_tokenizer", 1, train_tokenizer, [docs], TokenizerConfig(vocab_size=512), root)
+    shards = run_stage("tokenize", 1, tokenize, [docs, str(tok)], TokenizeConfig(val_fraction=0.1), root)
+    return root, docs, tok, shards
+
+
+def test_tokenizer_is_deterministic(built, tmp_path):
+    root, docs, tok, _ = built
+    again = run_stage("train_tokenizer", 1, train_tokenizer, [docs], TokenizerConfig(vocab_size=512), tmp_path)
+    assert (Path(tok) / "tokenizer.model").read_bytes() == (again / "tokenizer.model").read_bytes()
+    sp = spm.SentencePieceProcessor(model_file=str(Path(tok) / "tokenizer.model"))
+    assert [sp.id_to_piece(i) for i in range(4)] == ["<pad>", "<unk>", "<s>", "</s>"]
+    assert sp.get_piece_size() == 512
+
+
+def test_shards_round_trip(built):
+    import pyarrow.parquet as pq
+
+    root, docs, tok, shards = built
+    sp = spm.SentencePieceProcessor(model_file=str(Path(tok) / "tokenizer.model"))
+    texts = {r["id"]: r["text"] for r in pq.read_table(Path(docs) / "docs").to_pylist()}
+    seen = {}
+    for split in ("train", "val"):
+        for tokens_file in sorted((Path(shards) / split).glob("part-*[0-9].arrow")):
+            tokens = open_tokens(tokens_file)
+            assert tokens.dtype == np.uint16
+            index = pa.ipc.open_file(pa.memory_map(str(tokens_file.with_suffix(".docs.arrow")))).read_all().to_pylist()
+            for row in index:
+                ids = tokens[row["start"] : row["start"] + row["length"]].tolist()
+                assert tokens[row["start"] + row["length"]] == EOS  # documents separated by </s>
+                assert sp.decode(ids) == texts[row["doc_id"]]
+                seen[row["doc_id"]] = split
+    assert set(seen) == set(texts)
+    stats = load_manifest(shards).stats
+    assert stats["documents"]["val"] == sum(1 for s in seen.values() if s == "val") > 0
+    assert stats["tokens"]["train"] == sum(len(open_tokens(f)) for f in (Path(shards) / "train").glob("part-*[0-9].arrow"))
+
+
+def test_split_is_stable_when_the_corpus_grows(built, tmp_path):
+    root, docs, tok, shards = built
+    bigger = corpus_dataset(tmp_path, "lib", library_texts(100))  # the same ids, and 20 more
+    more = run_stage("tokenize", 1, tokenize, [bigger, str(tok)], TokenizeConfig(val_fraction=0.1), tmp_path)
+
+    def val_ids(ds):
+        return {r["doc_id"] for f in (Path(ds) / "val").glob("*.docs.arrow") for r in pa.ipc.open_file(pa.memory_map(str(f))).read_all().to_pylist()}
+
+    assert val_ids(shards) <= val_ids(more)
+
+
+def test_token_dtype_by_vocabulary():
+    assert token_dtype(512) == pa.uint16() and token_dtype(65536) == pa.uint16()
+    assert token_dtype(65537) == pa.uint32() and token_dtype(200_000) == pa.uint32()
+
+
+def test_windows_are_seeded_and_resumable(built):
+    _, _, _, shards = built
+    w = TokenWindows(Path(shards) / "train", 64, seed=3)
+    x1, y1 = w.batch(100, 8)
+    x2, y2 = TokenWindows(Path(shards) / "train", 64, seed=3).batch(100, 8)
+    assert x1.shape == (8, 64) and (x1 == x2).all() and (x1[:, 1:] == y1[:, :-1]).all()
+    assert not (w.batch(108, 8)[0] == x1).all()
+
+
+def test_bad_inputs_give_clear_errors(built, tmp_path):
+    root, docs, tok, shards = built
+    empty = corpus_dataset(tmp_path, "empty", [])
+    with pytest.raises(ValueError, match="corpus is empty"):
+        run_stage("train_tokenizer", 1, train_tokenizer, [empty], TokenizerConfig(vocab_size=512), tmp_path)
+    tiny = corpus_dataset(tmp_path, "tiny", ["just a few words here"] * 3)
+    with pytest.raises(ValueError, match="larger than the text supports"):
+        run_stage("train_tokenizer", 1, train_tokenizer, [tiny], TokenizerConfig(vocab_size=5000, sample_chars=1000), tmp_path)
+    with pytest.raises(ShardError, match="fewer than one window"):
+        TokenWindows(Path(shards) / "val", 10_000_000)
+    bad = tmp_path / "bad" / "train"
+    bad.mkdir(parents=True)
+    good = sorted((Path(shards) / "train").glob("part-*[0-9].arrow"))[0]
+    (bad / "part-00000.arrow").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ShardError, match="not a readable token shard"):
+        TokenWindows(bad, 16)

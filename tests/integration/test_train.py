@@ -1,0 +1,196 @@
+"""The trainer for real: loss goes down, exact resume after SIGKILL, DDP and FSDP on 2 CPU
+processes (gloo), refusal of a launch that would train independently, HF export parity."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.config import TrainConfig
+from model.data import open_tokens
+from model.launch import TrainingFailed, launch_command, run_training
+from model.llama import ModelConfig
+from model.train import RunSpec
+from tasks.stage import load_manifest, run_stage
+from tasks.tokenize import TokenizeConfig, tokenize
+from tasks.train_tokenizer import TokenizerConfig, train_tokenizer
+from tests.corpus import corpus_dataset, library_texts
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    docs = corpus_dataset(root, "lib", library_texts(120))
+    tok = run_stage("train_tokenizer", 1, train_tokenizer, [docs], TokenizerConfig(vocab_size=512), root)
+    shards = run_stage("tokenize", 1, tokenize, [docs, str(tok)], TokenizeConfig(val_fraction=0.1), root)
+    return tok, shards
+
+
+def spec(data, out: Path, **train) -> RunSpec:
+    tok, shards = data
+    st = load_manifest(shards).stats
+    base = dict(steps=40, micro_batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5, eval_every=20, eval_windows=16,
+                checkpoint_every=20, log_every=1, trackers=[], threads_per_process=1)
+    return RunSpec(
+        model=ModelConfig(preset="test-tiny", vocab_size=512),
+        train=TrainConfig(**{**base, **train}),
+        shards=str(shards),
+        tokenizer=str(Path(tok) / "tokenizer.model"),
+        out=str(out),
+        val_bytes_per_token=st["bytes"]["val"] / st["tokens"]["val"],
+    )
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in metrics(out) if "loss" in m}
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def unigram_entropy(shards: str) -> float:
+    tokens = np.concatenate([open_tokens(f) for f in sorted((Path(shards) / "train").glob("part-*[0-9].arrow"))])
+    p = np.bincount(tokens.astype(np.int64)) / len(tokens)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def test_loss_goes_below_unigram_entropy_and_exports_to_hf(data, tmp_path):
+    out = tmp_path / "run"
+    summary = run_training(spec(data, out, steps=300, eval_every=100, checkpoint_every=300, micro_batch_size=16, log_every=20))
+    h = unigram_entropy(data[1])
+    assert summary["val_loss"] < 0.85 * h, (summary["val_loss"], h)
+    assert summary["val_bpb"] > 0 and math.isclose(summary["val_ppl"], math.exp(summary["val_loss"]), rel_tol=1e-6)
+    first = metrics(out)[0]
+    assert first["loss"] > summary["val_loss"] + 0.5
+    assert {"lr", "grad_norm", "tokens_per_s"} <= first.keys()
+
+    # the exported model, loaded by transformers with no custom code, gives our logits
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import sentencepiece as spm
+
+    from model.export import export_hf, logits_ours
+
+    hf_dir = export_hf(out / "final" / "model.safetensors", spec(data, out).model, Path(data[0]) / "tokenizer.model", tmp_path / "hf")
+    assert (hf_dir / "model.safetensors").exists() and (hf_dir / "tokenizer.json").exists()
+    assert json.loads((hf_dir / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    sp = spm.SentencePieceProcessor(model_file=str(Path(data[0]) / "tokenizer.model"))
+    text = "The json module can serialize Python objects.\nUse json.dumps(obj) to get a string."
+    ids = tok(text)["input_ids"]
+    assert ids == [2] + sp.encode(text)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        diff = (hf(x).logits - logits_ours(out / "final" / "model.safetensors", spec(data, out).model, x)).abs().max()
+    assert float(diff) <= 1e-4, float(diff)
+    generated = hf.generate(x, max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] == x.shape[1] + 8
+
+
+def test_exact_resume_after_sigkill(data, tmp_path):
+    straight = tmp_path / "straight"
+    run_training(spec(data, straight))
+    killed = tmp_path / "killed"
+    s = spec(data, killed)
+    killed.mkdir()
+    (killed / "run.json").write_text(s.model_dump_json())
+    cmd, env = launch_command(killed / "run.json", s)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "step-000020" / "trainer_state.json").exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+    run_training(s)
+    assert max_diff(weights(straight), weights(killed)) <= 1e-6
+    assert losses(straight)[40] == pytest.approx(losses(killed)[40], abs=1e-6)
+
+
+def test_ddp_two_processes_form_one_group(data, tmp_path):
+    events = []
+    ddp = tmp_path / "ddp"
+    s = spec(data, ddp, distributed="ddp", num_processes=2, micro_batch_size=4)
+    run_training(s.model_copy(update={"debug_weight_digests": True}), on_event=events.append)
+    start = next(e for e in events if e["event"] == "start")
+    assert start["world"] == 2
+    ranks = [[json.loads(l) for l in (ddp / f"debug-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 40
+    for a, b in zip(*ranks):
+        assert a["weights"] == b["weights"]  # identical after every step
+        assert a["first_sample"] != b["first_sample"]  # different data
+    # equal global batch: one process with 8 windows per step sees the same samples
+    single = tmp_path / "single"
+    run_training(spec(data, single, micro_batch_size=8))
+    l1, l2 = losses(single), losses(ddp)
+    assert max(abs(l1[k] - l2[k]) for k in l1) < 2e-3, [(k, l1[k], l2[k]) for k in list(l1)[:5]]
+
+    # a run checkpointed with 2 processes resumes with 1 (same global batch: 4 x 2 accumulation)
+    longer = spec(data, ddp, steps=60, micro_batch_size=4, grad_accum=2)
+    lines = []
+    run_training(longer, on_line=lines.append)
+    assert any("resumed from" in l and "step 40" in l for l in lines)
+    assert max(losses(ddp)) == 60
+
+
+def test_a_launch_that_gives_the_wrong_world_is_refused(data, tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts ONE process on CPU: asked for 2, the
+    trainer refuses instead of silently training alone."""
+    s = spec(data, tmp_path / "bad", distributed="ddp", num_processes=2, micro_batch_size=4)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text(s.model_dump_json())
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    cmd = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "model.train", "--spec", str(tmp_path / "bad" / "run.json")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-2000:]
+    assert "asked for 2 processes" in output or "would train independently" in output, output[-2000:]
+    assert not (tmp_path / "bad" / "final").exists()
+
+
+def test_fsdp_shards_parameters_and_tracks_ddp(data, tmp_path):
+    events = []
+    fsdp = tmp_path / "fsdp"
+    run_training(spec(data, fsdp, distributed="fsdp", num_processes=2, micro_batch_size=4, steps=20, checkpoint_every=10), on_event=events.append)
+    start = next(e for e in events if e["event"] == "start")
+    assert start["world"] == 2 and start["local_param_fraction"] < 0.6
+    ddp = tmp_path / "ddp"
+    run_training(spec(data, ddp, distributed="ddp", num_processes=2, micro_batch_size=4, steps=20, checkpoint_every=10))
+    lf, ld = losses(fsdp), losses(ddp)
+    assert max(abs(lf[k] - ld[k]) for k in ld) < 2e-3
+    assert max_diff(weights(fsdp), weights(ddp)) < 1e-3
+
+
+def test_checkpoint_from_another_model_config_is_refused(data, tmp_path):
+    out = tmp_path / "run"
+    run_training(spec(data, out, steps=20, checkpoint_every=10))
+    other = spec(data, out, steps=30)
+    other = other.model_copy(update={"model": ModelConfig(preset="test-tiny", vocab_size=512, d_ff=128)})
+    with pytest.raises(TrainingFailed, match="another model config"):
+        run_training(other)
