@@ -30,26 +30,25 @@ def _load(config: Optional[Path], overrides: list[str]):
     return cfg
 
 
+def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    table = Table(title=title)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for label, value in rows:
+        table.add_row(label, value)
+    console.print(table)
+
+
 def _print_data_summary(result: dict) -> None:
     from flows.data import summary_rows
 
-    table = Table(title="llmill data flow")
-    table.add_column("what", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    for label, value in summary_rows(result):
-        table.add_row(label, value)
-    console.print(table)
+    _print_rows("llmill data flow", summary_rows(result))
 
 
 def _print_pretrain_summary(result: dict) -> None:
     from flows.pretrain import summary_rows
 
-    table = Table(title="llmill pretrain flow")
-    table.add_column("what", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    for label, value in summary_rows(result):
-        table.add_row(label, value)
-    console.print(table)
+    _print_rows("llmill pretrain flow", summary_rows(result))
 
 
 @app.command()

@@ -39,3 +39,14 @@ def corpus_dataset(root: Path, name: str, texts: list[str]) -> str:
         return {"documents_out": len(rows)}
 
     return str(run_stage("corpus", 1, write, [], CorpusName(name=name), root))
+
+
+def tokenized(root: Path, n_docs: int, vocab_size: int = 512, val_fraction: float = 0.1) -> tuple[str, str, str]:
+    """(documents, tokenizer, shards) datasets built from `n_docs` library sources."""
+    from tasks.tokenize import TokenizeConfig, tokenize
+    from tasks.train_tokenizer import TokenizerConfig, train_tokenizer
+
+    docs = corpus_dataset(root, "lib", library_texts(n_docs))
+    tok = run_stage("train_tokenizer", 1, train_tokenizer, [docs], TokenizerConfig(vocab_size=vocab_size), root)
+    shards = run_stage("tokenize", 1, tokenize, [docs, str(tok)], TokenizeConfig(val_fraction=val_fraction), root)
+    return docs, str(tok), str(shards)

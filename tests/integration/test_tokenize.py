@@ -13,16 +13,14 @@ from model.data import ShardError, TokenWindows, open_tokens
 from tasks.stage import load_manifest, run_stage
 from tasks.tokenize import TokenizeConfig, token_dtype, tokenize
 from tasks.train_tokenizer import EOS, TokenizerConfig, train_tokenizer
-from tests.corpus import corpus_dataset, library_texts
+from tests.corpus import corpus_dataset, library_texts, tokenized
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
-    docs = corpus_dataset(root, "lib", library_texts(80))
-    tok = run_stage("train_tokenizer", 1, train_tokenizer, [docs], TokenizerConfig(vocab_size=512), root)
-    shards = run_stage("tokenize", 1, tokenize, [docs, str(tok)], TokenizeConfig(val_fraction=0.1), root)
-    return root, docs, tok, shards
+    docs, tok, shards = tokenized(root, 80)
+    return root, docs, Path(tok), Path(shards)
 
 
 def test_tokenizer_is_deterministic(built, tmp_path):

@@ -22,20 +22,15 @@ from model.data import open_tokens
 from model.launch import TrainingFailed, launch_command, run_training
 from model.llama import ModelConfig
 from model.train import RunSpec
-from tasks.stage import load_manifest, run_stage
-from tasks.tokenize import TokenizeConfig, tokenize
-from tasks.train_tokenizer import TokenizerConfig, train_tokenizer
-from tests.corpus import corpus_dataset, library_texts
+from tasks.stage import load_manifest
+from tests.corpus import tokenized
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-data")
-    docs = corpus_dataset(root, "lib", library_texts(120))
-    tok = run_stage("train_tokenizer", 1, train_tokenizer, [docs], TokenizerConfig(vocab_size=512), root)
-    shards = run_stage("tokenize", 1, tokenize, [docs, str(tok)], TokenizeConfig(val_fraction=0.1), root)
+    _, tok, shards = tokenized(tmp_path_factory.mktemp("train-data"), 120)
     return tok, shards
 
 
