@@ -11,6 +11,7 @@ index-based sampler whose position is the step, and an exact resume.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -328,7 +329,7 @@ def train(spec: RunSpec) -> dict:
             x, y = train_windows.batch(first, tc.micro_batch_size)
             x, y = x.to(accelerator.device), y.to(accelerator.device)
             sync = micro == tc.grad_accum - 1 or sharded or world == 1
-            ctx = accelerator.no_sync(model) if not sync else _null()
+            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx:
                 if sharded and tc.mixed_precision == "bf16":
                     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -406,14 +407,6 @@ def train(spec: RunSpec) -> dict:
         dist.barrier()  # FSDP2 on gloo: every rank done before the group goes
     accelerator.end_training()
     return summary
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

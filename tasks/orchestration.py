@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
@@ -106,6 +105,3 @@ def call_stage(task, inputs: list[str], cfg: BaseModel, root: str) -> str:
         task = task.with_options(refresh_cache=True)
     return task(inputs, cfg, root)
 
-
-def expected_dir(task, inputs: list[str], cfg: BaseModel, root: str) -> Path:
-    return stage_dir(root, task.name, _stage_version(task), cfg, inputs)
