@@ -110,7 +110,8 @@ def _parquet_rows(path: Path) -> int | None:
         import pyarrow as pa
 
         with pa.memory_map(str(path)) as src:
-            return pa.ipc.open_file(src).num_record_batches
+            reader = pa.ipc.open_file(src)
+            return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
     return None
 
 
