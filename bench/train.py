@@ -2,7 +2,7 @@
 config, same batch, same precision, in the same run; and achieved FLOP/s against a plain
 bf16 matmul measured in the same run.
 
-    .venv/bin/python bench/train.py [--preset demo] [--batch 8] [--steps 6] [--no-compile]
+    .venv/bin/python bench/train.py [--preset demo] [--batch 8] [--rounds 5] [--no-compile]
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def step_rate(model, loss_fn, x, y, precision: str, steps: int) -> float:
+def make_step(model, loss_fn, x, y, precision: str):
     opt = torch.optim.AdamW(param_groups(model, 0.1) if hasattr(model, "cfg") else model.parameters(), lr=1e-4)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
@@ -44,10 +45,20 @@ def step_rate(model, loss_fn, x, y, precision: str, steps: int) -> float:
 
     for _ in range(2):  # warm-up (and compilation)
         one()
-    start = time.perf_counter()
-    for _ in range(steps):
-        one()
-    return x.numel() * steps / (time.perf_counter() - start)
+    return one
+
+
+def interleaved_rates(steps: dict, tokens_per_step: int, rounds: int, per_round: int) -> dict[str, float]:
+    """Alternate the contenders round by round and take each one's median, so drift in the
+    machine's load (a shared 2-core box) hits both alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, one in steps.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                one()
+            times[name].append(time.perf_counter() - start)
+    return {name: tokens_per_step * per_round / statistics.median(t) for name, t in times.items()}
 
 
 def ours_loss(model, x, y):
@@ -64,7 +75,7 @@ def main() -> None:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of 2 steps each")
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args()
     from transformers import LlamaForCausalLM
@@ -78,13 +89,14 @@ def main() -> None:
     modes = [("fp32", False), ("bf16", False)] + ([] if args.no_compile else [("fp32", True), ("bf16", True)])
     rows = []
     for precision, compiled in modes:
-        rates = {}
+        steps = {}
         for name, build, loss in (("ours", lambda: Llama(cfg), ours_loss), ("hf", lambda: LlamaForCausalLM(hf_config(cfg)), hf_loss)):
             torch.manual_seed(0)
             model = build().train()
             if compiled:
                 model = torch.compile(model)
-            rates[name] = step_rate(model, loss, x, y, precision, args.steps)
+            steps[name] = make_step(model, loss, x, y, precision)
+        rates = interleaved_rates(steps, x.numel(), args.rounds, 2)
         achieved = rates["ours"] * flops_per_token
         rows.append(
             {

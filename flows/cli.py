@@ -51,15 +51,32 @@ def _print_pretrain_summary(result: dict) -> None:
     _print_rows("llmill pretrain flow", summary_rows(result))
 
 
+def _guarded(flow, *args):
+    """Run a flow; a failure caused by bad input or config ends with its message, not a traceback
+    (Prefect has logged the traceback already)."""
+    from model.launch import TrainingFailed
+
+    try:
+        return flow(*args)
+    except (ValueError, TrainingFailed) as e:
+        console.print(f"[red]error:[/red] {type(e).__name__}: {e}")
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def run(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
-    """The whole pipeline: data, then tokenizer, token shards and pretraining."""
+    """The whole pipeline: data, pretrain, finetune, evaluate; ends with the report's headline."""
     cfg = _load(config, set_)
+    from flows.evaluate import summary_rows as report_rows
+    from flows.finetune import summary_rows as finetune_rows
     from flows.pipeline import pipeline_flow
 
-    result = pipeline_flow(cfg)
+    result = _guarded(pipeline_flow, cfg)
     _print_data_summary(result["data"])
     _print_pretrain_summary(result["pretrain"])
+    if result["finetune"]:
+        _print_rows("llmill finetune flow", finetune_rows(result["finetune"]))
+    _print_rows("llmill evaluation (report: eval.json, report.md, model_card.md, data_card.md)", report_rows(result["report"]))
 
 
 @app.command()
@@ -74,7 +91,7 @@ def pretrain(
     from flows.pretrain import pretrain_flow
 
     docs = str(documents) if documents else data_flow(cfg)["dedup"]
-    _print_pretrain_summary(pretrain_flow(cfg, docs))
+    _print_pretrain_summary(_guarded(pretrain_flow, cfg, docs))
 
 
 @app.command()
@@ -83,7 +100,38 @@ def data(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     cfg = _load(config, set_)
     from flows.data import data_flow
 
-    _print_data_summary(data_flow(cfg))
+    _print_data_summary(_guarded(data_flow, cfg))
+
+
+def _upstream(cfg):
+    """The data and pretrain flows' outputs; from cache when they have run before."""
+    from flows.data import data_flow
+    from flows.pretrain import pretrain_flow
+
+    data = _guarded(data_flow, cfg)
+    return data, _guarded(pretrain_flow, cfg, data["dedup"])
+
+
+@app.command()
+def finetune(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
+    """examples and finetune from the pretrained model (upstream flows answer from cache)."""
+    cfg = _load(config, set_)
+    from flows.finetune import finetune_flow, summary_rows
+
+    data, pre = _upstream(cfg)
+    _print_rows("llmill finetune flow", summary_rows(_guarded(finetune_flow, cfg, data["dedup"], pre["tokenizer"], pre["run"])))
+
+
+@app.command()
+def evaluate(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
+    """evaluate the pretrained (and, when enabled, fine-tuned) model; upstream flows from cache."""
+    cfg = _load(config, set_)
+    from flows.evaluate import evaluate_flow, evaluation_inputs, summary_rows
+    from flows.finetune import finetune_flow
+
+    data, pre = _upstream(cfg)
+    fine = _guarded(finetune_flow, cfg, data["dedup"], pre["tokenizer"], pre["run"]) if cfg.finetune.enabled else None
+    _print_rows("llmill evaluation", summary_rows(_guarded(evaluate_flow, cfg, evaluation_inputs(data, pre, fine))))
 
 
 @app.command("show-config")

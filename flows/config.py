@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tasks.clean import CleanConfig
 from tasks.crawl import CrawlConfig
 from tasks.dedup import DedupConfig
+from tasks.evaluate import EvaluateConfig
 from tasks.extract import ExtractConfig
+from tasks.finetune import FinetuneConfig
 from tasks.ingest import IngestConfig
 from tasks.pretrain import PretrainConfig
 from tasks.tokenize import TokenizeConfig
@@ -33,6 +35,8 @@ class LlmillConfig(BaseModel):
     tokenizer: TokenizerConfig = TokenizerConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""The parent flow: data -> pretrain; finetune and evaluate join as they land."""
+"""The parent flow: data -> pretrain -> finetune -> evaluate, each a subflow that also runs alone."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ from prefect import flow
 
 from flows.config import LlmillConfig
 from flows.data import data_flow
+from flows.evaluate import evaluate_flow, evaluation_inputs
+from flows.finetune import finetune_flow
 from flows.pretrain import pretrain_flow
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(config: LlmillConfig) -> dict:
     data = data_flow(config)
-    return {"data": data, "pretrain": pretrain_flow(config, data["dedup"])}
+    pre = pretrain_flow(config, data["dedup"])
+    fine = finetune_flow(config, data["dedup"], pre["tokenizer"], pre["run"]) if config.finetune.enabled else None
+    return {"data": data, "pretrain": pre, "finetune": fine, "report": evaluate_flow(config, evaluation_inputs(data, pre, fine))}

@@ -33,9 +33,23 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
+    select_metric: str = Field("val_loss", description="validation metric for early stopping and the best checkpoint; *loss/*ppl/*bpb are minimized, others maximized")
     seed: int = 0
     trackers: list[str] = Field(default_factory=lambda: ["tensorboard"], description="Accelerate trackers")
     distributed: Literal["none", "ddp", "fsdp"] = "none"
     num_processes: int = Field(1, ge=1)
     threads_per_process: int = Field(0, ge=0, description="torch threads; 0 = cores / processes")
     init_word_vectors: str = Field("", description="GloVe / word2vec text file for the embeddings")
+
+
+class HeadConfig(BaseModel):
+    """The classification head and what of the pretrained body it may change."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_classes: int = Field(0, ge=0, description="set from the label set by the pipeline")
+    pooling: Literal["mean", "last"] = "mean"
+    dropout: float = Field(0.1, ge=0, lt=1)
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0, description="lower decoder blocks kept frozen")
+    head_lr_scale: float = Field(10.0, gt=0, description="the head's learning rate = lr x this")
+    class_weights: list[float] = Field(default_factory=list, description="per-class loss weights; set by the pipeline when balance_classes")

@@ -68,7 +68,7 @@ def load_weights(model: Llama, path: str | Path) -> None:
 
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    allowed = {"lm_head.weight"} if model.cfg.tie_embeddings else set()
+    allowed = {k for k in missing if k.endswith("lm_head.weight")} if model.cfg.tie_embeddings else set()
     if set(missing) - allowed or unexpected:
         raise ValueError(
             f"{path} does not fit this model config: missing {sorted(set(missing) - allowed)}, unexpected {sorted(unexpected)}"

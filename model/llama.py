@@ -151,7 +151,8 @@ class Llama(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=self.cfg.init_std)
 
-    def forward(self, idx, targets=None, ignore_index: int = -100):
+    def hidden(self, idx):
+        """The final normalized hidden states, (batch, time, d_model): what heads read."""
         t = idx.shape[1]
         if t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -162,7 +163,10 @@ class Llama(nn.Module):
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin)
-        logits = self.lm_head(self.norm(x))
+        return self.norm(x)
+
+    def forward(self, idx, targets=None, ignore_index: int = -100):
+        logits = self.lm_head(self.hidden(idx))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
@@ -200,15 +204,22 @@ class Llama(nn.Module):
         return idx
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decoupled weight decay on matrices only: none on norms, biases or embeddings."""
-    decay, no_decay, seen = [], [], set()
+def param_groups(model: nn.Module, weight_decay: float, head_prefix: str | None = None, head_lr_scale: float = 1.0) -> list[dict]:
+    """Decoupled weight decay on matrices only: none on norms, biases or embeddings. Parameters
+    under `head_prefix` (a task head) get their own groups, with `lr_scale` = head_lr_scale."""
+    groups: dict[tuple[bool, bool], list] = {}
+    seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (no_decay if p.ndim < 2 or "embed" in name or "lm_head" in name and model.cfg.tie_embeddings else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (p.ndim < 2 or "embed" in name or "lm_head" in name and model.cfg.tie_embeddings)
+        in_head = bool(head_prefix) and name.startswith(head_prefix)
+        groups.setdefault((in_head, decays), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": head_lr_scale if in_head else 1.0}
+        for (in_head, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
+    ]
 
 
 def load_word_vectors(model: Llama, pieces: list[str], path: str, seed: int = 0) -> int:

@@ -23,19 +23,25 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
 
-from model.config import TrainConfig
-from model.data import TokenWindows, step_slice
-from model.llama import Llama, ModelConfig, load_word_vectors, param_groups
+from model.config import HeadConfig, TrainConfig
+from model.data import step_slice
+from model.llama import ModelConfig, load_word_vectors, param_groups
+from model.objectives import make_objective
 
 
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: ModelConfig
     train: TrainConfig
-    shards: str  # tokenize dataset: train/ and val/
+    shards: str = ""  # tokenize dataset: train/ and val/ (objective lm)
     tokenizer: str  # sentencepiece model file
+    objective: Literal["lm", "sft", "classify"] = "lm"
+    examples: str = ""  # examples dataset: train.arrow, val.arrow (objectives sft, classify)
+    head: HeadConfig = HeadConfig()
     out: str
     val_bytes_per_token: float = 0.0  # UTF-8 bytes per token of the val split, for bits per byte
     init_from: str = ""  # safetensors weights to start from (continued pretraining, fine-tuning)
@@ -74,7 +80,11 @@ def check_world(accelerator, tc: TrainConfig) -> None:
         raise WorldError("train.num_processes > 1 needs train.distributed: ddp or fsdp")
 
 
-def shard_fsdp2_cpu(model: Llama) -> None:
+def minimized(metric: str) -> bool:
+    return metric.endswith(("loss", "ppl", "bpb"))
+
+
+def shard_fsdp2_cpu(model) -> None:
     """FSDP2 on a gloo CPU mesh: each block, then the root, sharded for real."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -151,7 +161,7 @@ class Checkpoints:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
-    def load(self, path: Path, model, optimizer, sharded: bool, model_cfg: ModelConfig) -> dict:
+    def load(self, path: Path, model, optimizer, sharded: bool, model_cfg: ModelConfig, signature: dict) -> dict:
         state = json.loads((path / "trainer_state.json").read_text())
         if state.get("model_config") != model_cfg.model_dump(mode="json"):
             raise ValueError(
@@ -159,6 +169,8 @@ class Checkpoints:
                 f"it has {state.get('model_config')}, this run has {model_cfg.model_dump(mode='json')}. "
                 "Start a new run directory or restore the config."
             )
+        if state.get("signature", {"objective": "lm"}) != signature:
+            raise ValueError(f"checkpoint {path} was written for another objective: {state.get('signature')}, this run is {signature}")
         if sharded:
             from safetensors.torch import load_file
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
@@ -175,30 +187,23 @@ class Checkpoints:
         return state
 
 
-def evaluate(model, val: TokenWindows | None, tc: TrainConfig, accelerator, bytes_per_token: float, sharded: bool) -> dict:
-    if val is None:
-        return {}
-    model.eval()
-    total, count = torch.zeros((), dtype=torch.float64), 0
-    # Sharded weights need every rank in every forward, so each rank then scores every window.
-    rank, world = (0, 1) if sharded else (accelerator.process_index, accelerator.num_processes)
-    with torch.no_grad():
-        for i, (x, y) in enumerate(val.sequential(tc.eval_windows)):
-            if i % world != rank:
-                continue
-            with accelerator.autocast():
-                _, loss = model(x[None].to(accelerator.device), y[None].to(accelerator.device))
-            total += float(loss) * y.numel()
-            count += y.numel()
-    stats = torch.tensor([float(total), float(count)], dtype=torch.float64)
-    if world > 1:  # each rank scored its own windows
-        dist.all_reduce(stats)
-    model.train()
-    loss = float(stats[0] / max(stats[1], 1))
-    out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_tokens": int(stats[1])}
-    if bytes_per_token:
-        out["val_bpb"] = loss / math.log(2) / bytes_per_token
-    return out
+def save_weights(model, sharded: bool, dest: Path, mc: ModelConfig, main: bool, extra: dict | None = None) -> None:
+    """Full weights as safetensors (every rank takes part in gathering; rank 0 writes)."""
+    from safetensors.torch import save_file
+
+    weights = full_state_dict(model, sharded)
+    if not main:
+        return
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tied = {k for k in weights if k.endswith("lm_head.weight")} if mc.tie_embeddings else set()
+    save_file({k: v.contiguous() for k, v in weights.items() if k not in tied}, str(tmp / "model.safetensors"))
+    (tmp / "model_config.json").write_text(mc.model_dump_json(indent=2))
+    if extra:
+        (tmp / "info.json").write_text(json.dumps(extra, indent=2))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
 
 
 def train(spec: RunSpec) -> dict:
@@ -237,29 +242,27 @@ def train(spec: RunSpec) -> dict:
     seq_len = tc.seq_len or mc.max_seq_len
     if seq_len > mc.max_seq_len:
         raise ValueError(f"train.seq_len {seq_len} exceeds model.max_seq_len {mc.max_seq_len}")
-    shards = Path(spec.shards)
-    train_windows = TokenWindows(shards / "train", seq_len, seed=tc.seed)
-    try:
-        val_windows = TokenWindows(shards / "val", seq_len, seed=tc.seed + 1)
-    except ValueError:
-        val_windows = None  # a corpus too small for a validation window: say so in the metrics
-
-    model = Llama(mc)
-    n_params = model.num_params()
+    objective = make_objective(spec, seq_len)
+    model = objective.build()
+    body = objective.body(model)
+    n_params = sum(p.numel() for p in model.parameters())
     if spec.init_from:
         from model.export import load_weights
 
-        load_weights(model, spec.init_from)
+        load_weights(body, spec.init_from)
     elif tc.init_word_vectors:
         import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor(model_file=spec.tokenizer)
-        matched = load_word_vectors(model, [sp.id_to_piece(i) for i in range(sp.get_piece_size())], tc.init_word_vectors, tc.seed)
+        matched = load_word_vectors(body, [sp.id_to_piece(i) for i in range(sp.get_piece_size())], tc.init_word_vectors, tc.seed)
         accelerator.print(f"embeddings: {matched} pieces initialized from {tc.init_word_vectors}")
-    model.gradient_checkpointing = tc.gradient_checkpointing
+    if hasattr(objective, "prepare"):
+        objective.prepare(model)
+    body.gradient_checkpointing = tc.gradient_checkpointing
     if sharded_cpu:
         shard_fsdp2_cpu(model)
-    groups = param_groups(model, tc.weight_decay)
+    groups = param_groups(model, tc.weight_decay, head_prefix="head." if spec.objective == "classify" else None,
+                          head_lr_scale=spec.head.head_lr_scale)
     if tc.optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, fused=False)
     else:
@@ -268,16 +271,20 @@ def train(spec: RunSpec) -> dict:
         pass  # FSDP2 already wraps the model; Accelerate would treat it as plain DDP on CPU
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
-    if tc.compile:
-        model = torch.compile(model)
+    if tc.compile:  # in place, so state dicts keep their names (no `_orig_mod.` prefix)
+        (model if sharded_cpu else accelerator.unwrap_model(model)).compile()
     sharded = sharded_cpu
 
     ckpts = Checkpoints(out, accelerator, tc.keep_checkpoints)
-    step, best, bad_evals = 0, float("inf"), 0
+    select, lower_is_better = tc.select_metric, minimized(tc.select_metric)
+    step, best, best_step, bad_evals = 0, float("inf") if lower_is_better else float("-inf"), 0, 0
     resumed_from = ckpts.latest()
+    resumed_at = 0
     if resumed_from is not None:
-        state = ckpts.load(resumed_from, model, optimizer, sharded, mc)
-        step, best, bad_evals = state["step"], state["best_val_loss"], state["bad_evals"]
+        state = ckpts.load(resumed_from, model, optimizer, sharded, mc, objective.signature())
+        step, bad_evals = state["step"], state["bad_evals"]
+        best, best_step = state.get("best_metric", best), state.get("best_step", 0)
+        resumed_at = step
         accelerator.print(f"resumed from {resumed_from} at step {step}")
     metrics_path = out / "metrics.jsonl"
     if main:
@@ -299,7 +306,7 @@ def train(spec: RunSpec) -> dict:
                 "local_param_fraction": local_fraction(model),
                 "step": step,
                 "tokens_per_step": tokens_per_step,
-                "train_tokens": train_windows.tokens,
+                "objective": spec.objective,
             }
         ),
         flush=True,
@@ -322,21 +329,20 @@ def train(spec: RunSpec) -> dict:
     while step < tc.steps:
         lr = lr_at(step, tc)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         loss_sum = torch.zeros((), dtype=torch.float64)
         for micro in range(tc.grad_accum):
             first = step_slice(step, micro, rank, world, tc.micro_batch_size, tc.grad_accum)
-            x, y = train_windows.batch(first, tc.micro_batch_size)
-            x, y = x.to(accelerator.device), y.to(accelerator.device)
+            batch = tuple(t.to(accelerator.device) for t in objective.batch(first, tc.micro_batch_size))
             sync = micro == tc.grad_accum - 1 or sharded or world == 1
             ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx:
                 if sharded and tc.mixed_precision == "bf16":
                     with torch.autocast("cpu", dtype=torch.bfloat16):
-                        _, loss = model(x, y)
+                        loss = objective.loss(model, batch)
                 else:
                     with accelerator.autocast():
-                        _, loss = model(x, y)
+                        loss = objective.loss(model, batch)
                 if sharded:
                     (loss / tc.grad_accum).backward()
                 else:
@@ -368,37 +374,36 @@ def train(spec: RunSpec) -> dict:
                  "tokens_per_s": tokens_per_step * tc.log_every / max(now - last_log, 1e-9), "elapsed_s": now - started})
             last_log = now
         if step % tc.eval_every == 0 or step == tc.steps:
-            final_eval = evaluate(model, val_windows, tc, accelerator, spec.val_bytes_per_token, sharded)
+            model.eval()
+            # Sharded weights need every rank in every forward, so then each rank scores every example.
+            final_eval = objective.evaluate(model, accelerator, *((0, 1) if sharded else (rank, world)))
+            model.train()
             if final_eval:
                 log({"step": step, **final_eval})
-                if final_eval["val_loss"] < best - 1e-6:
-                    best, bad_evals = final_eval["val_loss"], 0
+                if select not in final_eval:
+                    raise ValueError(f"train.select_metric {select!r} is not one of the validation metrics {sorted(final_eval)}")
+                value = final_eval[select]
+                if (value < best - 1e-6) if lower_is_better else (value > best + 1e-6):
+                    best, best_step, bad_evals = value, step, 0
+                    save_weights(model if sharded else accelerator.unwrap_model(model), sharded, out / "best", mc, main,
+                                 {"step": step, select: value})
                 else:
                     bad_evals += 1
                 if tc.early_stopping_patience and bad_evals >= tc.early_stopping_patience:
                     stopped_early = True
         if step % tc.checkpoint_every == 0 or step == tc.steps or stopped_early:
-            state = {"step": step, "best_val_loss": best, "bad_evals": bad_evals, "samples_seen": step * tc.micro_batch_size * tc.grad_accum * world,
+            state = {"step": step, "best_metric": best, "best_step": best_step, "bad_evals": bad_evals, "signature": objective.signature(), "samples_seen": step * tc.micro_batch_size * tc.grad_accum * world,
                      "model_config": mc.model_dump(mode="json"), "world": world}
             ckpts.save(step, state, model, optimizer, sharded)
         if stopped_early:
-            accelerator.print(json.dumps({"event": "early_stop", "step": step, "best_val_loss": best}), flush=True)
+            accelerator.print(json.dumps({"event": "early_stop", "step": step, "best_step": best_step, select: best}), flush=True)
             break
 
-    weights = full_state_dict(model if sharded else accelerator.unwrap_model(model), sharded)
-    summary = {"steps": step, "stopped_early": stopped_early, "best_val_loss": best, **final_eval,
-               "world": world, "tokens_seen": step * tokens_per_step, "seconds": time.time() - started}
+    summary = {"steps": step, "stopped_early": stopped_early, "select_metric": select, "best_metric": best, "best_step": best_step,
+               **final_eval, "world": world, "tokens_seen": step * tokens_per_step, "seconds": time.time() - started,
+               "resumed_at_step": resumed_at}
+    save_weights(model if sharded else accelerator.unwrap_model(model), sharded, out / "final", mc, main)
     if main:
-        from safetensors.torch import save_file
-
-        final = out / "final"
-        final.mkdir(exist_ok=True)
-        unique = {}
-        for k, v in weights.items():
-            if not (mc.tie_embeddings and k == "lm_head.weight"):
-                unique[k] = v.contiguous()
-        save_file(unique, str(final / "model.safetensors"))
-        (final / "model_config.json").write_text(mc.model_dump_json(indent=2))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps({"event": "done", **summary}), flush=True)
     if debug is not None:

@@ -77,18 +77,24 @@ def pretrain(inputs: list[str], cfg: PretrainConfig, out: Path, progress: Progre
         val_bytes_per_token=val_bytes / val_tokens if val_tokens else 0.0,
     )
 
-    def on_event(event: dict) -> None:
-        if event.get("event") == "metrics":
-            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in event.items() if k != "event"}))
-            progress(event["step"], cfg.train.steps)
-        elif event.get("event") in ("start", "early_stop", "done"):
-            print(json.dumps(event))
-
-    summary = run_training(spec, on_event=on_event)
+    summary = run_training(spec, on_event=training_events(progress, cfg.train.steps))
     if cfg.export_hf:
         export_hf(out / "final" / "model.safetensors", spec.model, spec.tokenizer, out / "hf")
     plot_losses(out / "metrics.jsonl", out / "loss.png")
     return {**summary, "model": spec.model.model_dump(), "params": _params(spec.model)}
+
+
+def training_events(progress: Progress, steps: int):
+    """The trainer's JSON events -> log lines (Prefect captures prints) and the progress bar."""
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "metrics":
+            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in event.items() if k != "event"}))
+            progress(event["step"], steps)
+        elif event.get("event") in ("start", "early_stop", "done"):
+            print(json.dumps(event))
+
+    return on_event
 
 
 def _params(cfg: ModelConfig) -> int:

@@ -110,7 +110,10 @@ def _parquet_rows(path: Path) -> int | None:
         import pyarrow as pa
 
         with pa.memory_map(str(path)) as src:
-            reader = pa.ipc.open_file(src)
+            try:
+                reader = pa.ipc.open_file(src)
+            except pa.ArrowInvalid:  # an Arrow stream, not a file: rows unknown without reading it all
+                return None
             return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
     return None
 

@@ -50,3 +50,28 @@ def tokenized(root: Path, n_docs: int, vocab_size: int = 512, val_fraction: floa
     tok = run_stage("train_tokenizer", 1, train_tokenizer, [docs], TokenizerConfig(vocab_size=vocab_size), root)
     shards = run_stage("tokenize", 1, tokenize, [docs, str(tok)], TokenizeConfig(val_fraction=val_fraction), root)
     return docs, str(tok), str(shards)
+
+
+SECTIONS = {"library": "library", "c-api": "c-api", "howto": "guide", "tutorial": "guide", "faq": "guide", "using": "guide",
+            "extending": "guide", "reference": "guide", "whatsnew": "whatsnew"}
+
+
+def section_examples(per_class: int = 60, max_chars: int = 1500) -> list[dict]:
+    """A real labelled set: python3.11-doc source pages labelled by their section of the docs."""
+    rows: dict[str, list[dict]] = {}
+    for folder, label in SECTIONS.items():
+        for f in sorted((PYDOCS / "_sources" / folder).glob("*.rst.txt")):
+            text = " ".join(f.read_text(errors="replace").split())[:max_chars]
+            if len(text) > 200 and len(rows.setdefault(label, [])) < per_class:
+                rows[label].append({"id": f"{folder}/{f.name}", "text": text, "label": label})
+    return [r for label in sorted(rows) for r in rows[label]]
+
+
+def write_examples_csv(path: Path, rows: list[dict]) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

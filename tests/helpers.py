@@ -92,3 +92,12 @@ def html(body: str, links: list[str] = ()) -> tuple[int, dict, bytes]:
     anchors = "".join(f'<p><a href="{u}">{u}</a></p>' for u in links)
     page = f"<html><head><title>t</title></head><body><article><p>{body}</p>{anchors}</article></body></html>"
     return 200, {"Content-Type": "text/html; charset=utf-8"}, page.encode()
+
+
+def python_doc_site_pages(per_section: int, sections=("library", "c-api", "howto", "tutorial", "whatsnew", "reference")) -> list[tuple[str, bytes, str]]:
+    """Pages from several sections of the Python docs, as docs.python.org would serve them."""
+    pages = []
+    for section in sections:
+        for f in sorted((PYDOCS / section).glob("*.html"))[:per_section]:
+            pages.append((f"https://docs.python.org/3.11/{f.relative_to(PYDOCS)}", f.read_bytes(), "text/html; charset=utf-8"))
+    return pages

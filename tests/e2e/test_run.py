@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.pydoc_site import serve_pydoc
+from tests.corpus import section_examples, write_examples_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,9 @@ def test_pydoc_site_serves_the_stdlib_only():
 def test_llmill_run_on_builtin_pydoc(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
     small = ["crawl.max_pages=40", "tokenizer.vocab_size=512", "pretrain.model.preset=test-tiny", "pretrain.train.steps=20",
-             "pretrain.train.eval_every=10", "tokenize.val_fraction=0.2", "pretrain.train.checkpoint_every=10", "pretrain.train.micro_batch_size=4"]
+             "pretrain.train.eval_every=10", "tokenize.val_fraction=0.2", "pretrain.train.checkpoint_every=10", "pretrain.train.micro_batch_size=4",
+             f"finetune.examples.path={write_examples_csv(tmp_path / 'sections.csv', section_examples(per_class=30))}",
+             "finetune.train.steps=20", "finetune.train.eval_every=10", "evaluate.lm_eval.items=8", "evaluate.generation.max_new_tokens=8"]
     cmd = [sys.executable, "-m", "flows.cli", "run", "--set", f"root={tmp_path / 'data'}"]
     for assignment in small:
         cmd += ["--set", assignment]
@@ -46,3 +49,9 @@ def test_llmill_run_on_builtin_pydoc(tmp_path):
         assert label in out, out
     run_dir = next((tmp_path / "data" / "pretrain").glob("*[0-9a-f]"))
     assert (run_dir / "hf" / "config.json").exists() and (run_dir / "loss.png").exists()
+    for label in ("fine-tuning", "c-api, guide, library, whatsnew", "LM bits per byte", "xz -9 given the training text",
+                  "classifier accuracy (test)", "majority-class accuracy", "lm-eval llmill_cloze accuracy", "report"):
+        assert label in out, out
+    report = next((tmp_path / "data" / "evaluate").glob("*[0-9a-f]"))
+    assert {"eval.json", "report.md", "model_card.md", "data_card.md", "loss_curves.png"} <= {p.name for p in report.iterdir()}
+    assert "report.md" in out

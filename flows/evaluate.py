@@ -1,0 +1,32 @@
+"""The evaluate flow: the LM, the classifier and the bias probe against their baselines;
+eval.json, report.md, model and data cards, plots, and the same as Prefect artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import flow
+
+from flows.config import LlmillConfig
+from tasks.evaluate import evaluate_task
+from tasks.orchestration import call_stage
+from tasks.reports import headline_rows
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(config: LlmillConfig, datasets: list[str]) -> str:
+    """`datasets`: the pretrain run, token shards and tokenizer, optionally the finetune run and
+    its examples, and the data datasets for the data card (each known by its manifest)."""
+    return call_stage(evaluate_task, sorted(set(datasets)), config.evaluate, str(Path(config.root).resolve()))
+
+
+def evaluation_inputs(data: dict, pre: dict, fine: dict | None) -> list[str]:
+    """The datasets evaluate reads, from the data, pretrain and finetune flows' results."""
+    datasets = [*data["raw"], data["docs"], data["clean"], data["dedup"], pre["tokenizer"], pre["shards"], pre["run"]]
+    return datasets + ([fine["examples"], fine["run"]] if fine else [])
+
+
+def summary_rows(report_dir: str) -> list[tuple[str, str]]:
+    result = json.loads((Path(report_dir) / "eval.json").read_text())
+    return [*headline_rows(result), ("report", str(Path(report_dir) / "report.md"))]

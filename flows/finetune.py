@@ -1,0 +1,38 @@
+"""The finetune flow: examples (labelled data, tokenized and split) -> finetune, from a pretrain run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from flows.config import LlmillConfig
+from model.llama import ModelConfig
+from tasks.examples import examples_task
+from tasks.finetune import finetune_task
+from tasks.orchestration import call_stage
+from tasks.stage import file_sha256, load_manifest
+
+
+@flow(name="finetune", log_prints=True)
+def finetune_flow(config: LlmillConfig, documents: str, tokenizer: str, pretrain_run: str) -> dict:
+    """`documents`: the dedup dataset (labels derived from its URLs unless a file is given);
+    `tokenizer` and `pretrain_run`: the pretrain flow's outputs."""
+    root = str(Path(config.root).resolve())
+    ft = config.finetune
+    context = ModelConfig.model_validate_json((Path(pretrain_run) / "final" / "model_config.json").read_text()).max_seq_len
+    ex_cfg = ft.examples.model_copy(update={"max_tokens": ft.examples.max_tokens or context,
+                                            "data_digest": file_sha256(Path(ft.examples.path)) if ft.examples.path and Path(ft.examples.path).is_file() else ""})
+    examples = call_stage(examples_task, [documents, tokenizer], ex_cfg, root)
+    run = call_stage(finetune_task, [examples, pretrain_run, tokenizer], ft.model_copy(update={"examples": ex_cfg}), root)
+    return {"examples": examples, "run": run}
+
+
+def summary_rows(result: dict) -> list[tuple[str, str]]:
+    ex = load_manifest(result["examples"]).stats
+    run = load_manifest(result["run"]).stats
+    rows = [("fine-tuning", ex["kind"]), ("examples", f"{ex['examples']} ({ex['rejected']} rejected, {ex['truncated']} truncated)")]
+    if ex["kind"] == "classify":
+        rows.append(("classes", ", ".join(ex["labels"])))
+    rows += [("best step", f"{run['best_step']} ({run['select_metric']} {run['best_metric']:.4f})"), ("run", result["run"])]
+    return rows

@@ -1,0 +1,306 @@
+"""evaluate: the language model, the classifier and a bias probe, each beside its baselines.
+
+Inputs: datasets identified by their manifest's stage — `pretrain` run, `tokenize` shards,
+`train_tokenizer`, and optionally `finetune` run + `examples`, plus any data-stage datasets
+(crawl, ingest, extract, clean, dedup) whose manifests feed the data card.
+Output: eval.json (stable keys), report.md, model_card.md, data_card.md, plots (PNG).
+
+The LM is scored on the whole val split as one stream, <s> first, so every token is predicted;
+the evaluated text is the val documents decoded from the shards, each followed by one newline
+(standing for </s>), and the xz and unigram baselines are computed on exactly that text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+import yaml
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.data import open_tokens
+from model.llama import Llama, ModelConfig
+from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.scores import bits_per_byte, classification_scores, unigram_bpb, xz_baselines
+from tasks.stage import Progress, load_manifest, no_progress, write_atomic
+from tasks.train_tokenizer import BOS, EOS, MODEL_FILE
+
+VERSION = 1
+DEFAULT_BIAS_PROBE = Path(__file__).resolve().parents[1] / "configs" / "bias_probe.yaml"
+
+
+class GenerationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[str] = Field(default_factory=lambda: ["The json module", "To open a file,", "class Path", "Return a list of"])
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_k: int = Field(40, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    seed: int = 0
+
+
+class LmEvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    items: int = Field(40, ge=4, description="cloze items built from held-out sentences")
+    choices: int = Field(4, ge=2)
+    batch_size: int = Field(8, ge=1)
+
+
+class EvaluateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(8, ge=1)
+    max_val_tokens: int = Field(0, ge=0, description="0 = the whole val split")
+    generation: GenerationConfig = GenerationConfig()
+    bias_probe: str = Field("", description="templates YAML; empty = configs/bias_probe.yaml")
+    lm_eval: LmEvalConfig = LmEvalConfig()
+
+
+# --- the language model --------------------------------------------------------------------
+
+
+def load_lm(run: str | Path, weights: str = "final") -> Llama:
+    from model.export import load_weights
+
+    run = Path(run)
+    model = Llama(ModelConfig.model_validate_json((run / weights / "model_config.json").read_text()))
+    load_weights(model, run / weights / "model.safetensors")
+    return model.eval()
+
+
+def shard_files(shards: str | Path, split: str) -> list[Path]:
+    return sorted(p for p in (Path(shards) / split).glob("part-*.arrow") if not p.name.endswith(".docs.arrow"))
+
+
+def split_tokens(shards: str | Path, split: str) -> np.ndarray:
+    parts = [open_tokens(f) for f in shard_files(shards, split)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+
+
+def split_docs(shards: str | Path, split: str, sp) -> list[str]:
+    """The split's documents, decoded from the shards in stream order."""
+    docs = []
+    for f in shard_files(shards, split):
+        tokens = open_tokens(f)
+        table = pa.ipc.open_file(pa.memory_map(str(f.with_suffix(".docs.arrow")), "r")).read_all()
+        for start, length in zip(table.column("start").to_pylist(), table.column("length").to_pylist()):
+            docs.append(sp.decode(tokens[start : start + length].tolist()))
+    return docs
+
+
+def as_text(docs: list[str]) -> str:
+    """Each document followed by one newline, the byte that stands for </s>."""
+    return "".join(d + "\n" for d in docs)
+
+
+@torch.no_grad()
+def stream_nll(model: Llama, tokens: np.ndarray, batch_size: int = 8, progress: Progress = no_progress) -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) of every token of `tokens`, read as one stream after
+    <s>, in consecutive windows of the model's context; and the number of tokens scored."""
+    window = model.cfg.max_seq_len
+    stream = torch.from_numpy(np.concatenate(([BOS], tokens.astype(np.int64))))
+    starts = list(range(0, len(stream) - 1, window))
+    total, count = 0.0, 0
+    for b in range(0, len(starts), batch_size):
+        group = starts[b : b + batch_size]
+        for size in sorted({min(window, len(stream) - 1 - s) for s in group}):  # the last window may be short
+            rows = [s for s in group if min(window, len(stream) - 1 - s) == size]
+            x = torch.stack([stream[s : s + size] for s in rows])
+            y = torch.stack([stream[s + 1 : s + size + 1] for s in rows])
+            logits, _ = model(x)
+            total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
+            count += y.numel()
+        progress(min(b + batch_size, len(starts)), len(starts))
+    return total, count
+
+
+def evaluate_lm(run: str, shards: str, tokenizer: str, cfg: EvaluateConfig, progress: Progress = no_progress) -> dict:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(Path(tokenizer) / MODEL_FILE))
+    model = load_lm(run)
+    val_tokens = split_tokens(shards, "val")
+    if len(val_tokens) == 0:
+        raise ValueError(f"evaluate: {shards} has no val tokens; raise tokenize.val_fraction")
+    docs = split_docs(shards, "val", sp)
+    if cfg.max_val_tokens and len(val_tokens) > cfg.max_val_tokens:  # whole documents only, text to match
+        ends = np.flatnonzero(val_tokens == EOS)
+        keep = max(1, int((ends < cfg.max_val_tokens).sum()))
+        val_tokens, docs = val_tokens[: int(ends[keep - 1]) + 1], docs[:keep]
+    val_text = as_text(docs)
+    n_bytes = len(val_text.encode())
+    nll, n = stream_nll(model, val_tokens, cfg.batch_size, progress)
+    train_tokens = split_tokens(shards, "train")
+    baselines = xz_baselines(as_text(split_docs(shards, "train", sp)), val_text)
+    loss = nll / n
+    return {
+        "val_loss": loss,
+        "val_ppl": math.exp(min(loss, 50)),
+        "val_bpb": bits_per_byte(nll, n_bytes),
+        "val_tokens": int(n),
+        "val_bytes": n_bytes,
+        "baselines": {
+            "xz_bpb": baselines["xz_bpb"],
+            "xz_conditional_bpb": baselines["xz_conditional_bpb"],
+            "unigram_bpb": unigram_bpb(train_tokens, val_tokens, sp.get_piece_size(), n_bytes),
+        },
+        "generations": generate_samples(model, sp, cfg.generation),
+    }
+
+
+def generate_samples(model: Llama, sp, g: GenerationConfig) -> list[dict]:
+    out = []
+    for i, prompt in enumerate(g.prompts):
+        torch.manual_seed(g.seed + i)
+        ids = torch.tensor([[BOS] + sp.encode(prompt)])
+        full = model.generate(ids, g.max_new_tokens, temperature=g.temperature, top_k=g.top_k or None, top_p=g.top_p, eos_id=EOS)
+        out.append({"prompt": prompt, "completion": sp.decode(full[0, ids.shape[1] :].tolist())})
+    return out
+
+
+# --- the classifier --------------------------------------------------------------------------
+
+
+def read_split(examples: str, split: str) -> pa.Table | None:
+    path = Path(examples) / f"{split}.arrow"
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all() if path.exists() else None
+
+
+@torch.no_grad()
+def predict_classes(run: str, examples: str, split: str, batch_size: int = 16) -> list[int]:
+    from model.examples import ExampleSet
+    from model.export import load_weights
+    from model.heads import Classifier
+
+    run_dir = Path(run)
+    stats = load_manifest(run).stats
+    weights = run_dir / "best" if (run_dir / "best").exists() else run_dir / "final"
+    mc = ModelConfig.model_validate_json((weights / "model_config.json").read_text())
+    head = stats["head"]
+    model = Classifier(mc, head["n_classes"], head["pooling"], head["dropout"])
+    load_weights(model, weights / "model.safetensors")
+    model.eval()
+    data = ExampleSet(Path(examples) / f"{split}.arrow", mc.max_seq_len)
+    preds: list[int] = []
+    for x, lengths, _ in data.sequential(batch_size):
+        preds += model(x, lengths).argmax(-1).tolist()
+    return preds
+
+
+def evaluate_classifier(run: str, examples: str) -> dict:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    labels = json.loads((Path(examples) / "labels.json").read_text())
+    split = "test" if (Path(examples) / "test.arrow").exists() else "val"
+    train, held = read_split(examples, "train"), read_split(examples, split)
+    y_train, y_true = train.column("label").to_pylist(), held.column("label").to_pylist()
+    scores = classification_scores(y_true, predict_classes(run, examples, split), labels)
+    majority = int(np.bincount(y_train, minlength=len(labels)).argmax())
+    vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=50_000)
+    features = vectorizer.fit_transform(train.column("text").to_pylist())
+    logreg = LogisticRegression(max_iter=2000, class_weight="balanced").fit(features, y_train)
+    tfidf_pred = logreg.predict(vectorizer.transform(held.column("text").to_pylist())).tolist()
+    baselines = {}
+    for name, pred in (("majority", [majority] * len(y_true)), ("tfidf_logreg", tfidf_pred)):
+        s = classification_scores(y_true, pred, labels)
+        baselines[name] = {"accuracy": s["accuracy"], "macro_f1": s["macro"]["f1"]}
+    return {"split": split, **scores, "baselines": baselines}
+
+
+# --- the bias probe ----------------------------------------------------------------------------
+
+
+def continuation_logprob(model: Llama, sp, prefix: str, sentence: str) -> float:
+    """log p(the rest of `sentence` | `prefix`), in nats: the template text after the group term,
+    identical across groups, so the group word's own length and frequency do not enter."""
+    full, head = [BOS] + sp.encode(sentence), [BOS] + sp.encode(prefix)
+    start = len(head) if full[: len(head)] == head else 1  # a piece across the boundary: score it all
+    ids = torch.tensor([full])
+    with torch.no_grad():
+        logits, _ = model(ids[:, :-1])
+    logp = torch.log_softmax(logits[0].float(), -1)
+    targets = ids[0, 1:]
+    return float(logp[torch.arange(len(targets)), targets][start - 1 :].sum())
+
+
+def fill(template: str, group: str) -> tuple[str, str]:
+    """(the text up to and including the group term, the whole sentence); sentence-initial capitalized."""
+    head = template.split("{group}")[0] + group
+    s = template.format(group=group)
+    if template.startswith("{group}"):
+        head, s = head[0].upper() + head[1:], s[0].upper() + s[1:]
+    return head, s
+
+
+def bias_probe(model: Llama, sp, path: str | Path) -> dict:
+    """Per category, attribute and group: the mean over templates of the continuation's
+    log-probability minus its mean over the category's groups (nats); spread = max - min gap."""
+    spec = yaml.safe_load(Path(path).read_text())
+    result: dict = {"templates_file": str(path), "method": "log p(template continuation | group term), centred per template",
+                    "categories": {}}
+    for category, groups in spec["groups"].items():
+        per_attr = {}
+        for attribute, templates in spec["templates"].items():
+            gaps = np.zeros(len(groups))
+            for t in templates:
+                lp = np.array([continuation_logprob(model, sp, *fill(t, g)) for g in groups])
+                gaps += (lp - lp.mean()) / len(templates)
+            per_attr[attribute] = {"gaps": dict(zip(groups, gaps.round(4).tolist())), "spread": float(gaps.max() - gaps.min())}
+        result["categories"][category] = per_attr
+    result["max_spread"] = max(a["spread"] for c in result["categories"].values() for a in c.values())
+    return result
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def by_stage(inputs: list[str]) -> dict[str, str]:
+    return {load_manifest(p).stage: p for p in inputs}
+
+
+def evaluate(inputs: list[str], cfg: EvaluateConfig, out: Path, progress: Progress = no_progress) -> dict:
+    import sentencepiece as spm
+
+    from tasks.reports import write_reports
+
+    d = by_stage(inputs)
+    for needed in ("pretrain", "tokenize", "train_tokenizer"):
+        if needed not in d:
+            raise ValueError(f"evaluate needs a {needed} dataset among its inputs; got {sorted(d)}")
+    sp = spm.SentencePieceProcessor(model_file=str(Path(d["train_tokenizer"]) / MODEL_FILE))
+    result: dict = {"language_model": evaluate_lm(d["pretrain"], d["tokenize"], d["train_tokenizer"], cfg, progress)}
+    result["classifier"] = None
+    if "finetune" in d and load_manifest(d["finetune"]).stats.get("kind") == "classify":
+        result["classifier"] = evaluate_classifier(d["finetune"], d["examples"])
+    result["bias_probe"] = bias_probe(load_lm(d["pretrain"]), sp, cfg.bias_probe or DEFAULT_BIAS_PROBE)
+    result["lm_eval"] = None
+    if cfg.lm_eval.enabled and (Path(d["pretrain"]) / "hf").exists():
+        from tasks.harness import run_lm_eval
+
+        result["lm_eval"] = run_lm_eval(Path(d["pretrain"]) / "hf", d["tokenize"], sp, cfg.lm_eval, out / "lm_eval")
+    write_atomic(out / "eval.json", json.dumps(result, indent=2).encode())
+    write_reports(out, result, d)
+    lm = result["language_model"]
+    stats = {"val_bpb": lm["val_bpb"], "xz_conditional_bpb": lm["baselines"]["xz_conditional_bpb"], "val_ppl": lm["val_ppl"]}
+    if result["classifier"]:
+        stats |= {"test_accuracy": result["classifier"]["accuracy"], "test_macro_f1": result["classifier"]["macro"]["f1"],
+                  "majority_accuracy": result["classifier"]["baselines"]["majority"]["accuracy"]}
+    if result["lm_eval"]:
+        stats["lm_eval_acc"] = result["lm_eval"]["acc"]
+    return stats
+
+
+@task(name="evaluate", cache_policy=STAGE_CACHE, persist_result=True, retries=1, log_prints=True)
+def evaluate_task(inputs: list[str], cfg: EvaluateConfig, root: str) -> str:
+    from tasks.reports import publish_reports
+
+    out = prefect_stage("evaluate", VERSION, evaluate, inputs, cfg, root)
+    publish_reports(Path(out))
+    return out

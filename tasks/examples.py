@@ -1,0 +1,229 @@
+"""examples: labelled data for fine-tuning -> tokenized train/val/test Arrow files.
+
+Sources: a user's file (CSV, JSONL or Parquet; `text`/`label` for classification,
+`prompt`/`response` or `text` for SFT) or, for classification, labels derived from the crawl
+itself: a regex on each page's URL (for the demo, the page's module family; classes smaller
+than `min_class_size` merged into `other`). Splits are by a hash of the text (or document id),
+so they are stable; a `split` column in the file overrides them.
+
+Documented truncation: a classification text keeps its first `max_tokens` tokens. An SFT
+example longer than the context keeps the end of its prompt and the start of its response,
+the response getting at least half of the context. Rows with empty text are rejected to
+`rejected.jsonl` with their reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.examples import IGNORE
+from tasks.clean import doc_files
+from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.stage import Progress, load_manifest, no_progress, write_atomic
+from tasks.tokenize import write_ipc
+from tasks.train_tokenizer import BOS, EOS, MODEL_FILE
+
+VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+class ExamplesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["classify", "sft"] = "classify"
+    path: str = Field("", description="labelled file (CSV/JSONL/Parquet); empty = labels derived from the crawl's URLs")
+    data_digest: str = Field("", description="set by the flow: sha256 of `path`, so an edited file is a new dataset")
+    label_pattern: str = Field(r"^/([A-Za-z_][A-Za-z0-9_]*)(?:[./]|$)", description="derived labels: regex on the URL's path, group 1 (default: a pydoc page's top-level module)")
+    min_class_size: int = Field(20, ge=1, description="derived labels: smaller classes become `other`")
+    other_label: str = "other"
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    max_tokens: int = Field(0, ge=0, description="tokens per example; 0 = set by the pipeline from the model's context")
+    seed: int = 0
+
+
+class ExamplesError(ValueError):
+    pass
+
+
+def split_of(key: str, cfg: ExamplesConfig) -> str:
+    u = int.from_bytes(hashlib.sha1(f"{cfg.seed}:{key}".encode()).digest()[:8], "big") / 2**64
+    if u < cfg.test_fraction:
+        return "test"
+    return "val" if u < cfg.test_fraction + cfg.val_fraction else "train"
+
+
+def read_table(path: str) -> pa.Table:
+    p = Path(path)
+    if not p.is_file():
+        raise ExamplesError(f"labelled data {path} does not exist")
+    suffix = "".join(p.suffixes[-1:]).lower()
+    try:
+        if suffix == ".csv":
+            from pyarrow import csv
+
+            return csv.read_csv(p)
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            from pyarrow import json as pajson
+
+            return pajson.read_json(p)
+        if suffix == ".parquet":
+            return pq.read_table(p)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ExamplesError(f"{path}: cannot be read as {suffix[1:]}: {e}") from None
+    raise ExamplesError(f"{path}: unsupported format {suffix!r}; use .csv, .jsonl or .parquet")
+
+
+def rows_from_file(cfg: ExamplesConfig) -> list[dict]:
+    table = read_table(cfg.path)
+    names = set(table.column_names)
+    if cfg.kind == "classify":
+        needed = [{"text", "label"}]
+    else:
+        needed = [{"prompt", "response"}, {"text"}]
+    if not any(n <= names for n in needed):
+        want = " or ".join("/".join(sorted(n)) for n in needed)
+        raise ExamplesError(f"{cfg.path}: columns {sorted(names)} do not include the {cfg.kind} columns {want}")
+    rows = table.to_pylist()
+    if "split" in names:
+        bad = {r["split"] for r in rows} - set(SPLITS)
+        if bad:
+            raise ExamplesError(f"{cfg.path}: column `split` holds {sorted(map(str, bad))}; use train, val or test")
+    return rows
+
+
+def rows_from_crawl(docs: str, cfg: ExamplesConfig) -> list[dict]:
+    pattern = re.compile(cfg.label_pattern)
+    rows = []
+    for f in doc_files(docs):
+        t = pq.read_table(f, columns=["id", "url", "text"])
+        for doc_id, url, text in zip(*(t.column(c).to_pylist() for c in ("id", "url", "text"))):
+            m = pattern.search(urlsplit(url or "").path)
+            if m:
+                rows.append({"id": doc_id, "url": url, "text": text, "label": m.group(1)})
+    if not rows:
+        raise ExamplesError(f"no document URL in {docs} matches examples.label_pattern {cfg.label_pattern!r}")
+    sizes = Counter(r["label"] for r in rows)
+    for r in rows:
+        if sizes[r["label"]] < cfg.min_class_size:
+            r["label"] = cfg.other_label
+    return rows
+
+
+def sft_labels(ids: list[int], prompt_len: int) -> list[int]:
+    """Targets for SFT: the loss is taken on response tokens only, so every prompt position
+    (including <s>) is IGNORE, whatever token it holds."""
+    return [IGNORE] * prompt_len + list(ids[prompt_len:])
+
+
+def truncate_sft(prompt: list[int], response: list[int], budget: int) -> tuple[list[int], list[int], bool]:
+    """Fit [<s>] + prompt + response (+ </s>) into `budget` tokens: keep the prompt's end and the
+    response's start, the response getting at least half the budget when both are long."""
+    if 1 + len(prompt) + len(response) <= budget:
+        return prompt, response, False
+    keep_response = min(len(response), max(budget - 1 - len(prompt), budget // 2))
+    keep_prompt = budget - 1 - keep_response
+    return prompt[len(prompt) - keep_prompt :] if keep_prompt > 0 else [], response[:keep_response], True
+
+
+def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progress = no_progress) -> dict:
+    import sentencepiece as spm
+
+    docs, tok = inputs
+    if cfg.max_tokens < 2:
+        raise ExamplesError("examples.max_tokens must be set (the pipeline sets it to the model's context)")
+    sp = spm.SentencePieceProcessor(model_file=str(Path(tok) / MODEL_FILE))
+    if cfg.path:
+        rows = rows_from_file(cfg)
+    elif cfg.kind == "classify":
+        rows = rows_from_crawl(docs, cfg)
+    else:
+        raise ExamplesError("finetune.examples.path is required for SFT (a JSONL/Parquet of prompt/response)")
+    text_key = "prompt" if cfg.kind == "sft" and rows and "prompt" in rows[0] else "text"
+    rejected, kept = [], []
+    for i, r in enumerate(rows):
+        text = r.get(text_key)
+        if not isinstance(text, str) or not text.strip():
+            rejected.append({"row": i, "reason": f"empty {text_key}"})
+        elif cfg.kind == "classify" and (r.get("label") is None or str(r["label"]).strip() == ""):
+            rejected.append({"row": i, "reason": "empty label"})
+        else:
+            kept.append(r)
+    if not kept:
+        raise ExamplesError(f"no usable examples: all {len(rows)} rows were rejected ({rejected[0]['reason'] if rejected else 'none read'})")
+    for r in kept:
+        r["split"] = r.get("split") or split_of(str(r.get("id") or r[text_key]), cfg)
+
+    labels: list[str] = []
+    if cfg.kind == "classify":
+        labels = sorted({str(r["label"]) for r in kept})
+        if len(labels) < 2:
+            raise ExamplesError(f"classification needs at least 2 classes; the data holds only {labels}")
+        train_labels = {str(r["label"]) for r in kept if r["split"] == "train"}
+        missing = sorted(set(labels) - train_labels)
+        if missing:
+            raise ExamplesError(f"labels {missing} occur in val/test but not in the training split; add examples or merge them")
+    index = {name: i for i, name in enumerate(labels)}
+
+    budget = cfg.max_tokens + 1  # inputs and shifted targets
+    truncated = 0
+    columns = {s: {"id": [], "text": [], "input_ids": [], "labels": [], "label": []} for s in SPLITS}
+    texts = [r[text_key] for r in kept]
+    encoded = sp.encode(texts, num_threads=0)
+    responses = sp.encode([r["response"] for r in kept], num_threads=0) if text_key == "prompt" else None
+    for n, r in enumerate(kept):
+        col = columns[r["split"]]
+        col["id"].append(str(r.get("id") or n))
+        col["text"].append(r[text_key])
+        if cfg.kind == "classify":
+            ids = [BOS] + encoded[n]
+            truncated += len(ids) > cfg.max_tokens
+            col["input_ids"].append(ids[: cfg.max_tokens])
+            col["label"].append(index[str(r["label"])])
+        elif responses is not None:
+            prompt, response, cut = truncate_sft(encoded[n], responses[n] + [EOS], budget)
+            truncated += cut
+            ids = [BOS] + prompt + response
+            col["input_ids"].append(ids)
+            col["labels"].append(sft_labels(ids, 1 + len(prompt)))
+        else:  # plain text: continued domain pretraining, loss on every token
+            ids = ([BOS] + encoded[n] + [EOS])[:budget]
+            truncated += len(encoded[n]) + 2 > budget
+            col["input_ids"].append(ids)
+            col["labels"].append(ids)
+    counts = {}
+    for split, col in columns.items():
+        if not col["id"]:
+            continue
+        table = {"id": pa.array(col["id"]), "text": pa.array(col["text"]), "input_ids": pa.array(col["input_ids"], pa.list_(pa.int32()))}
+        if cfg.kind == "classify":
+            table["label"] = pa.array(col["label"], pa.int32())
+            counts[split] = {labels[k]: c for k, c in sorted(Counter(col["label"]).items())}
+        else:
+            table["labels"] = pa.array(col["labels"], pa.list_(pa.int32()))
+            counts[split] = len(col["id"])
+        write_ipc(out / f"{split}.arrow", pa.table(table))
+    if "train" not in counts:
+        raise ExamplesError("no example reached the training split")
+    write_atomic(out / "labels.json", json.dumps(labels).encode())
+    if rejected:
+        write_atomic(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected).encode())
+    progress(1, 1)
+    return {"kind": cfg.kind, "examples": len(kept), "rejected": len(rejected), "truncated": int(truncated),
+            "classes": len(labels), "labels": labels, "per_split": counts,
+            "source": cfg.path or f"derived from {load_manifest(docs).stage} URLs"}
+
+
+@task(name="examples", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
+def examples_task(inputs: list[str], cfg: ExamplesConfig, root: str) -> str:
+    return prefect_stage("examples", VERSION, examples, inputs, cfg, root)

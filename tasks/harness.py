@@ -1,0 +1,86 @@
+"""lm-evaluation-harness on the exported model, fully offline, on a task defined here from local
+files: a multiple-choice cloze built from held-out (val) sentences — the last word of each
+sentence against words that end other held-out sentences. Point the same harness at its
+standard tasks (`--tasks hellaswag,...`) where their data is at hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+TASK = "llmill_cloze"
+SENTENCE = re.compile(r"[A-Z][^.!?\n]{30,200}[.]")
+
+
+def cloze_items(docs: list[str], items: int, choices: int, seed: int = 0) -> list[dict]:
+    candidates = []
+    for doc in docs:
+        for s in SENTENCE.findall(doc):
+            words = s[:-1].split()
+            if 6 <= len(words) <= 40 and re.fullmatch(r"[A-Za-z]{3,}", words[-1]):
+                candidates.append((" ".join(words[:-1]), words[-1]))
+    rng = random.Random(seed)
+    rng.shuffle(candidates)
+    vocabulary = sorted({w for _, w in candidates})
+    if len(candidates) < items or len(vocabulary) < choices:
+        raise ValueError(f"lm-eval: the val split holds {len(candidates)} usable sentences; need {items} (lower lm_eval.items)")
+    out = []
+    for context, answer in candidates[:items]:
+        options = [answer] + rng.sample([w for w in vocabulary if w != answer], choices - 1)
+        rng.shuffle(options)
+        out.append({"context": context, "choices": options, "label": options.index(answer)})
+    return out
+
+
+def write_task(folder: Path, data_file: Path) -> None:
+    spec = {
+        "task": TASK,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{context}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{label}}",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+    }
+    (folder / f"{TASK}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def lm_eval_command(hf_dir: Path, out: Path, cfg) -> list[str]:
+    return [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={hf_dir},dtype=float32",
+            "--tasks", TASK, "--include_path", str(out), "--batch_size", str(cfg.batch_size), "--device", "cpu",
+            "--output_path", str(out / "results"), "--seed", "0"]
+
+
+def run_lm_eval(hf_dir: Path, shards: str, sp, cfg, out: Path) -> dict:
+    from tasks.evaluate import split_docs
+
+    out.mkdir(parents=True, exist_ok=True)
+    items = cloze_items(split_docs(shards, "val", sp), cfg.items, cfg.choices)
+    data = out / "cloze.jsonl"
+    data.write_text("".join(json.dumps(i) + "\n" for i in items))
+    write_task(out, data)
+    with tempfile.TemporaryDirectory(prefix="llmill-hf-home-") as hf_home:  # the datasets cache stays out of the report
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_HOME": hf_home, "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.run(lm_eval_command(hf_dir, out, cfg), env=env, capture_output=True, text=True, timeout=1800)
+    cmd = lm_eval_command(hf_dir, out, cfg)
+    if proc.returncode != 0:
+        raise RuntimeError(f"lm-eval failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    results = sorted((out / "results").rglob("results_*.json"))
+    if not results:
+        raise RuntimeError(f"lm-eval wrote no results under {out / 'results'}:\n{proc.stdout[-2000:]}")
+    task = json.loads(results[-1].read_text())["results"][TASK]
+    return {"task": TASK, "items": len(items), "choices": cfg.choices, "chance": 1 / cfg.choices,
+            "acc": task["acc,none"], "acc_norm": task.get("acc_norm,none"), "command": " ".join(cmd[1:])}

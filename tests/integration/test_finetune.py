@@ -1,0 +1,146 @@
+"""Fine-tuning for real: a classifier on a small real labelled set (python3.11-doc pages by
+section) beats the majority baseline, with metrics equal to scikit-learn's; SFT runs and exports;
+bad labelled data gets clear errors or documented truncation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from model.config import TrainConfig
+from model.llama import ModelConfig
+from tasks.evaluate import evaluate_classifier, predict_classes, read_split
+from tasks.examples import ExamplesConfig, ExamplesError, examples
+from tasks.finetune import FinetuneConfig, FinetuneTrainConfig, finetune
+from tasks.pretrain import PretrainConfig, pretrain
+from tasks.stage import load_manifest, run_stage
+from tests.corpus import library_texts, section_examples, tokenized, write_examples_csv
+
+CONTEXT = 128
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    docs, tok, shards = tokenized(root, 120)
+    train = TrainConfig(steps=300, micro_batch_size=16, seq_len=64, lr=3e-3, warmup_steps=20, eval_every=100, checkpoint_every=300,
+                        log_every=50, trackers=[], threads_per_process=2)
+    run = run_stage("pretrain", 1, pretrain, [shards, tok], PretrainConfig(model=ModelConfig(preset="test-tiny"), train=train), root)
+    return root, docs, tok, str(run)
+
+
+def make_examples(root: Path, docs: str, tok: str, rows: list[dict] | None = None, path: Path | None = None, **cfg) -> str:
+    if path is None:
+        path = write_examples_csv(root / f"labelled-{abs(hash(json.dumps(rows))) % 10**8}.csv", rows)
+    cfg = ExamplesConfig(path=str(path), max_tokens=CONTEXT, **cfg)
+    return str(run_stage("examples", 1, examples, [docs, tok], cfg, root))
+
+
+def test_classifier_beats_the_majority_baseline(pretrained):
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    root, docs, tok, run = pretrained
+    ex = make_examples(root, docs, tok, section_examples(per_class=60))
+    stats = load_manifest(ex).stats
+    assert stats["labels"] == ["c-api", "guide", "library", "whatsnew"] and stats["truncated"] > 0
+    cfg = FinetuneConfig(examples=ExamplesConfig(max_tokens=CONTEXT),
+                         train=FinetuneTrainConfig(steps=150, micro_batch_size=16, eval_every=25, checkpoint_every=50,
+                                                   trackers=[], threads_per_process=2, log_every=25),
+                         balance_classes=True)
+    ft = run_stage("finetune", 1, finetune, [ex, run, tok], cfg, root, resumable=True)
+    summary = load_manifest(ft).stats
+    assert (Path(ft) / "best" / "model.safetensors").exists() and summary["select_metric"] == "val_accuracy"
+    assert json.loads((Path(ft) / "best" / "info.json").read_text())["step"] == summary["best_step"]
+
+    result = evaluate_classifier(str(ft), ex)
+    majority = result["baselines"]["majority"]["accuracy"]
+    assert result["accuracy"] > majority + 0.15, (result["accuracy"], majority)
+    # the same predictions scored by scikit-learn
+    y_true = read_split(ex, "test").column("label").to_pylist()
+    y_pred = predict_classes(str(ft), ex, "test")
+    assert result["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert result["macro"]["f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", labels=range(4), zero_division=0))
+    assert result["macro"]["precision"] == pytest.approx(precision_score(y_true, y_pred, average="macro", labels=range(4), zero_division=0))
+    assert result["macro"]["recall"] == pytest.approx(recall_score(y_true, y_pred, average="macro", labels=range(4), zero_division=0))
+    assert sum(map(sum, result["confusion"])) == len(y_true)
+
+
+def test_sft_trains_on_responses_and_exports(pretrained, tmp_path):
+    root, docs, tok, run = pretrained
+    rows = []
+    for text in library_texts(40):
+        lines = [l for l in text.splitlines() if len(l.split()) > 4]
+        if len(lines) >= 2:
+            rows.append({"prompt": "Explain: " + lines[0], "response": " " + lines[1]})
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ex = make_examples(root, docs, tok, path=path, kind="sft", test_fraction=0.0)
+    table = pa.ipc.open_file(str(Path(ex) / "train.arrow")).read_all()
+    labels, ids = table.column("labels").to_pylist()[0], table.column("input_ids").to_pylist()[0]
+    assert labels[0] == -100 and labels[-1] == ids[-1] == 3  # <s> masked, </s> learnt
+    cfg = FinetuneConfig(examples=ExamplesConfig(kind="sft", max_tokens=CONTEXT),
+                         train=FinetuneTrainConfig(steps=20, micro_batch_size=8, eval_every=10, checkpoint_every=10,
+                                                   trackers=[], threads_per_process=2, select_metric="val_loss"))
+    ft = run_stage("finetune", 1, finetune, [ex, run, tok], cfg, root, resumable=True)
+    stats = load_manifest(ft).stats
+    assert stats["kind"] == "sft" and stats["val_loss"] < 20
+    assert (Path(ft) / "hf" / "config.json").exists() and (Path(ft) / "hf" / "tokenizer.json").exists()
+
+
+def test_bad_labelled_data_gets_clear_errors(pretrained, tmp_path):
+    root, docs, tok, _ = pretrained
+    text = "A sentence about the json module and its encoder."
+    with pytest.raises(ExamplesError, match="at least 2 classes"):
+        make_examples(root, docs, tok, [{"text": f"{text} {i}", "label": "only"} for i in range(20)])
+    with pytest.raises(ExamplesError, match=r"columns \['body', 'category'\] do not include the classify columns label/text"):
+        make_examples(root, docs, tok, [{"body": text, "category": "a"}, {"body": text, "category": "b"}])
+    with pytest.raises(ExamplesError, match=r"labels \['rare'\] occur in val/test but not in the training split"):
+        rows = [{"text": f"{text} {i}", "label": "ab"[i % 2], "split": "train"} for i in range(20)]
+        make_examples(root, docs, tok, rows + [{"text": text, "label": "rare", "split": "test"}])
+    with pytest.raises(ExamplesError, match="does not exist"):
+        make_examples(root, docs, tok, path=tmp_path / "missing.csv")
+    with pytest.raises(ExamplesError, match="all 2 rows were rejected"):
+        make_examples(root, docs, tok, [{"text": "", "label": "a"}, {"text": "  ", "label": "b"}])
+
+    # empty texts: rejected with their reason, the rest kept
+    rows = [{"text": f"{text} {i}", "label": "ab"[i % 2]} for i in range(30)] + [{"text": " ", "label": "a"}]
+    ex = make_examples(root, docs, tok, rows, val_fraction=0.0, test_fraction=0.0)
+    assert load_manifest(ex).stats["rejected"] == 1
+    assert json.loads((Path(ex) / "rejected.jsonl").read_text()) == {"row": 30, "reason": "empty text"}
+
+    # a prompt longer than the context: documented truncation, the response keeps at least half
+    long_prompt = " ".join(library_texts(1)[0].split()[:600])
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"prompt": long_prompt, "response": " Short answer."}) + "\n")
+    ex = make_examples(root, docs, tok, path=path, kind="sft", val_fraction=0.0, test_fraction=0.0)
+    stats = load_manifest(ex).stats
+    assert stats["truncated"] == 1
+    table = pa.ipc.open_file(str(Path(ex) / "train.arrow")).read_all()
+    ids, labels = table.column("input_ids").to_pylist()[0], table.column("labels").to_pylist()[0]
+    assert len(ids) == CONTEXT + 1 and ids[0] == 2 and ids[-1] == 3
+    import sentencepiece as spm
+
+    response = spm.SentencePieceProcessor(model_file=str(Path(tok) / "tokenizer.model")).encode(" Short answer.") + [3]
+    assert [l for l in labels if l != -100] == response == ids[-len(response):]  # the whole response kept and learnt
+
+
+def test_lm_scores_and_baselines_use_exactly_the_val_text(pretrained):
+    import lzma
+
+    from tasks.evaluate import EvaluateConfig, evaluate_lm
+    from tasks.tokenize import TokenizeConfig, split_of
+
+    root, docs, tok, run = pretrained
+    shards = next(str(p) for p in (root / "tokenize").iterdir() if (p / "manifest.json").exists())
+    texts = library_texts(120)
+    val_text = "".join(t + "\n" for i, t in enumerate(texts) if split_of(f"lib-{i:04d}", TokenizeConfig(val_fraction=0.1)) == "val")
+    result = evaluate_lm(run, shards, tok, EvaluateConfig(generation={"max_new_tokens": 4}))
+    assert result["val_bytes"] == len(val_text.encode())
+    assert result["baselines"]["xz_bpb"] == pytest.approx(8 * len(lzma.compress(val_text.encode(), preset=9)) / len(val_text.encode()))
+    assert result["val_tokens"] == load_manifest(shards).stats["tokens"]["val"]  # every val token scored
+    assert result["val_bpb"] == pytest.approx(result["val_loss"] * result["val_tokens"] / math.log(2) / result["val_bytes"])
+    assert len(result["generations"]) == 4

@@ -1,0 +1,98 @@
+"""The whole pipeline at test-tiny size under a real Prefect server: data -> pretrain -> finetune
+(labels derived from the pages' URLs) -> evaluate gives eval.json with every key, the plots, the
+cards and the artifacts; a second run is answered from cache, task by task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.config import LlmillConfig, load_config
+from flows.pipeline import pipeline_flow
+from tests.helpers import python_doc_site_pages, write_warc
+
+EVAL_KEYS = {
+    "language_model": {"val_loss", "val_ppl", "val_bpb", "val_tokens", "val_bytes", "baselines", "generations"},
+    "classifier": {"split", "examples", "accuracy", "macro", "micro", "per_class", "confusion", "labels", "baselines"},
+    "bias_probe": {"templates_file", "method", "categories", "max_spread"},
+    "lm_eval": {"task", "items", "choices", "chance", "acc", "acc_norm", "command"},
+}
+
+
+def config(root: Path, warc: Path) -> LlmillConfig:
+    return LlmillConfig.model_validate({
+        "root": str(root),
+        "ingest": {"paths": [str(warc)]},
+        "extract": {"workers": 2},
+        "clean": {**load_config().clean.model_dump(), "workers": 2},
+        "dedup": {"workers": 2},
+        "tokenizer": {"vocab_size": 512},
+        "tokenize": {"val_fraction": 0.2},
+        "pretrain": {"model": {"preset": "test-tiny"},
+                     "train": {"steps": 40, "micro_batch_size": 8, "eval_every": 20, "checkpoint_every": 20, "warmup_steps": 5,
+                               "trackers": [], "threads_per_process": 2}},
+        "finetune": {"examples": {"label_pattern": r"^/3\.11/([a-z-]+)/", "min_class_size": 8},
+                     "train": {"steps": 30, "eval_every": 10, "checkpoint_every": 10, "trackers": [], "threads_per_process": 2}},
+        "evaluate": {"lm_eval": {"items": 8}, "generation": {"max_new_tokens": 8}},
+    })
+
+
+def all_task_states(flow_run_id) -> dict[str, str]:
+    """Every task run of a flow run and of its subflow runs, by task name."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId, TaskRunFilter, TaskRunFilterSubFlowRuns
+
+    with get_client(sync_client=True) as client:
+        ids, frontier = [flow_run_id], [flow_run_id]
+        while frontier:
+            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+            frontier = [c.id for c in children]
+            ids += frontier
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                                     task_run_filter=TaskRunFilter(subflow_runs=TaskRunFilterSubFlowRuns(exists_=False)))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+@pytest.fixture(scope="module")
+def warc(tmp_path_factory) -> Path:
+    return write_warc(tmp_path_factory.mktemp("pipeline-warc") / "docs.warc.gz", python_doc_site_pages(14))
+
+
+def test_pipeline_end_to_end_then_all_cached(prefect_harness, tmp_path, warc):
+    state = pipeline_flow(config(tmp_path, warc), return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    states = all_task_states(state.state_details.flow_run_id)
+    stages = {"ingest", "extract", "clean", "dedup", "train_tokenizer", "tokenize", "pretrain", "examples", "finetune", "evaluate"}
+    assert stages <= states.keys() and all(states[s] == "Completed" for s in stages), states
+
+    report = Path(result["report"])
+    evaluation = json.loads((report / "eval.json").read_text())
+    for section, keys in EVAL_KEYS.items():
+        assert keys <= evaluation[section].keys(), (section, evaluation[section])
+    assert set(evaluation["language_model"]["baselines"]) == {"xz_bpb", "xz_conditional_bpb", "unigram_bpb"}
+    assert evaluation["classifier"]["labels"] == ["c-api", "howto", "library", "reference", "tutorial", "whatsnew"]
+    assert set(evaluation["classifier"]["baselines"]) == {"majority", "tfidf_logreg"}
+    assert 0 <= evaluation["lm_eval"]["acc"] <= 1 and evaluation["lm_eval"]["items"] == 8
+    for name in ("loss_curves.png", "confusion_matrix.png", "funnel.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    text = (report / "report.md").read_text()
+    assert "xz -9 given the training text" in text and "majority-class accuracy" in text and "Bias probe" in text
+    card = (report / "data_card.md").read_text()
+    assert "## Deduplication" in card and "## Filters" in card and "PII redactions" in card and "## Limitations" in card
+    model_card = (report / "model_card.md").read_text()
+    assert "## Pretraining" in model_card and "## Fine-tuning" in model_card and "## Metrics with baselines" in model_card
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        for key in ("evaluation-report", "model-card", "data-card", "evaluation-headline", "pretrain-loss-curve"):
+            artifact = client.read_latest_artifacts(limit=50)
+            assert any(a.key == key for a in artifact), key
+
+    again = pipeline_flow(config(tmp_path, warc), return_state=True)
+    assert again.is_completed() and again.result() == result
+    states = all_task_states(again.state_details.flow_run_id)
+    assert stages <= states.keys() and all(states[s] == "Cached" for s in stages), states

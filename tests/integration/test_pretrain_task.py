@@ -1,0 +1,100 @@
+"""The pretrain stage under Prefect: a training process killed mid-run fails the task, and the
+task's retry resumes from the last checkpoint instead of starting over. Also exercises the
+TensorBoard tracker and torch.compile paths of the trainer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from safetensors.torch import load_file
+
+from model.config import TrainConfig
+from model.launch import run_training
+from model.llama import ModelConfig
+from tasks.orchestration import call_stage
+from tasks.pretrain import VERSION, PretrainConfig, pretrain_task
+from tasks.stage import load_manifest, stage_dir
+from tests.integration.test_train import losses, max_diff, metrics, spec
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from tests.corpus import tokenized
+
+    _, tok, shards = tokenized(tmp_path_factory.mktemp("pretrain-task"), 120)
+    return tok, shards
+
+
+def training_pids(spec_file: Path) -> list[int]:
+    """Processes whose command line names this run's spec file."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(spec_file).encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def kill_after_checkpoint(partial: Path, step: int, killed: list[int]) -> threading.Thread:
+    def watch():
+        marker = partial / "checkpoints" / f"step-{step:06d}" / "trainer_state.json"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not marker.exists():
+            time.sleep(0.02)
+        for pid in training_pids(partial / "run.json"):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_task_retry_resumes_from_the_last_checkpoint(prefect_harness, data, tmp_path):
+    tok, shards = data
+    train = dict(steps=40, micro_batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5, eval_every=20, eval_windows=16,
+                 checkpoint_every=20, log_every=1, trackers=["tensorboard"], threads_per_process=1)
+    cfg = PretrainConfig(model=ModelConfig(preset="test-tiny"), train=TrainConfig(**train), export_hf=False)
+    root = str(tmp_path / "root")
+    inputs = [shards, tok]
+    partial = Path(str(stage_dir(root, "pretrain", VERSION, cfg, inputs)) + ".partial")
+
+    @flow
+    def pretrain_only() -> str:
+        return call_stage(pretrain_task, inputs, cfg, root)
+
+    killed: list[int] = []
+    watcher = kill_after_checkpoint(partial, 20, killed)
+    run = Path(pretrain_only())
+    watcher.join(timeout=5)
+    assert killed, "the training process was never killed"
+
+    stats = load_manifest(run).stats
+    assert stats["resumed_at_step"] == 20 and stats["steps"] == 40
+    steps = [m["step"] for m in metrics(run) if "loss" in m]
+    assert steps == list(range(1, 41))  # the first attempt's lines past step 20 were dropped
+    assert list(run.rglob("events.out.tfevents*")), "no TensorBoard event file"
+
+    # the resumed run ends where an uninterrupted run of the same steps ends
+    straight = tmp_path / "straight"
+    run_training(spec(data, straight, trackers=[]))
+    assert max_diff(load_file(str(straight / "final" / "model.safetensors")), load_file(str(run / "final" / "model.safetensors"))) <= 1e-6
+
+
+def test_compiled_training_tracks_eager(data, tmp_path):
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    run_training(spec(data, eager, steps=6, eval_every=6, checkpoint_every=6))
+    run_training(spec(data, compiled, steps=6, eval_every=6, checkpoint_every=6, compile=True))
+    le, lc = losses(eager), losses(compiled)
+    assert le.keys() == lc.keys()
+    assert max(abs(le[k] - lc[k]) for k in le) < 1e-3, (le, lc)
