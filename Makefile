@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 
-.PHONY: run test bench venv clean-data docs-pages
+.PHONY: run test bench venv clean-data docs-pages system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,11 +19,15 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/llmill run $(CONFIG)
 
-# Extraction tests read Debian's Python docs: real HTML pages that need no network.
+# Tests use Debian packages: the Python docs (real HTML pages that need no network) and
+# PostgreSQL 15 (the Prefect server's database in docker-compose, run natively by the tests).
 docs-pages:
 	@test -d /usr/share/doc/python3.11/html || (apt-get update -q && apt-get install -y -q python3.11-doc)
 
-test: $(STAMP) docs-pages
+system-packages: docs-pages
+	@test -x /usr/lib/postgresql/15/bin/initdb || (apt-get update -q && apt-get install -y -q postgresql-15)
+
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q tests
 
 # The peers live in their own venv: datatrove and rensa are not project dependencies.

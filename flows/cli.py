@@ -87,11 +87,9 @@ def pretrain(
 ):
     """train_tokenizer, tokenize and pretrain on a documents dataset."""
     cfg = _load(config, set_)
-    from flows.data import data_flow
     from flows.pretrain import pretrain_flow
 
-    docs = str(documents) if documents else data_flow(cfg)["dedup"]
-    _print_pretrain_summary(_guarded(pretrain_flow, cfg, docs))
+    _print_pretrain_summary(_guarded(pretrain_flow, cfg, str(documents) if documents else ""))
 
 
 @app.command()
@@ -103,35 +101,52 @@ def data(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     _print_data_summary(_guarded(data_flow, cfg))
 
 
-def _upstream(cfg):
-    """The data and pretrain flows' outputs; from cache when they have run before."""
-    from flows.data import data_flow
-    from flows.pretrain import pretrain_flow
-
-    data = _guarded(data_flow, cfg)
-    return data, _guarded(pretrain_flow, cfg, data["dedup"])
-
-
 @app.command()
 def finetune(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """examples and finetune from the pretrained model (upstream flows answer from cache)."""
     cfg = _load(config, set_)
     from flows.finetune import finetune_flow, summary_rows
 
-    data, pre = _upstream(cfg)
-    _print_rows("llmill finetune flow", summary_rows(_guarded(finetune_flow, cfg, data["dedup"], pre["tokenizer"], pre["run"])))
+    _print_rows("llmill finetune flow", summary_rows(_guarded(finetune_flow, cfg)))
 
 
 @app.command()
 def evaluate(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """evaluate the pretrained (and, when enabled, fine-tuned) model; upstream flows from cache."""
     cfg = _load(config, set_)
-    from flows.evaluate import evaluate_flow, evaluation_inputs, summary_rows
-    from flows.finetune import finetune_flow
+    from flows.evaluate import evaluate_flow, summary_rows
 
-    data, pre = _upstream(cfg)
-    fine = _guarded(finetune_flow, cfg, data["dedup"], pre["tokenizer"], pre["run"]) if cfg.finetune.enabled else None
-    _print_rows("llmill evaluation", summary_rows(_guarded(evaluate_flow, cfg, evaluation_inputs(data, pre, fine))))
+    _print_rows("llmill evaluation", summary_rows(_guarded(evaluate_flow, cfg)))
+
+
+@app.command()
+def serve(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
+    """Serve every flow as a deployment until stopped: runs started from the Prefect UI (or its
+    API) execute in this process. Needs a Prefect server: set PREFECT_API_URL."""
+    cfg = _load(config, set_)
+    from prefect import serve as serve_deployments
+
+    from flows.deployments import deployments, ensure_accelerator_limit
+
+    ensure_accelerator_limit()
+    serve_deployments(*deployments(cfg))
+
+
+@app.command()
+def deploy(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt,
+           pool: str = typer.Option("llmill", help="a process work pool; `prefect worker start --pool POOL` runs the deployments")):
+    """Register every flow as a deployment on a work pool (how docker-compose's worker runs them)."""
+    cfg = _load(config, set_)
+    from flows.deployments import deployments, ensure_accelerator_limit
+
+    from prefect.runner.storage import LocalStorage
+
+    ensure_accelerator_limit()
+    project = Path(__file__).resolve().parents[1]
+    for d in deployments(cfg):
+        d.storage = LocalStorage(str(project))  # the worker runs the flows from this checkout (the image's /app)
+        d.apply(work_pool_name=pool)
+        console.print(f"deployed {d.flow_name}/{d.name} on work pool {pool}")
 
 
 @app.command("show-config")

@@ -15,9 +15,19 @@ from tasks.reports import headline_rows
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(config: LlmillConfig, datasets: list[str]) -> str:
+def evaluate_flow(config: LlmillConfig, datasets: list[str] | None = None) -> str:
     """`datasets`: the pretrain run, token shards and tokenizer, optionally the finetune run and
-    its examples, and the data datasets for the data card (each known by its manifest)."""
+    its examples, and the data datasets for the data card (each known by its manifest). Empty =
+    run the upstream flows first (from cache when they have run with this config)."""
+    if not datasets:
+        from flows.data import data_flow
+        from flows.finetune import finetune_flow
+        from flows.pretrain import pretrain_flow
+
+        data = data_flow(config)
+        pre = pretrain_flow(config, data["dedup"])
+        fine = finetune_flow(config, data["dedup"], pre["tokenizer"], pre["run"]) if config.finetune.enabled else None
+        datasets = evaluation_inputs(data, pre, fine)
     return call_stage(evaluate_task, sorted(set(datasets)), config.evaluate, str(Path(config.root).resolve()))
 
 

@@ -15,9 +15,17 @@ from tasks.stage import file_sha256, load_manifest
 
 
 @flow(name="finetune", log_prints=True)
-def finetune_flow(config: LlmillConfig, documents: str, tokenizer: str, pretrain_run: str) -> dict:
+def finetune_flow(config: LlmillConfig, documents: str = "", tokenizer: str = "", pretrain_run: str = "") -> dict:
     """`documents`: the dedup dataset (labels derived from its URLs unless a file is given);
-    `tokenizer` and `pretrain_run`: the pretrain flow's outputs."""
+    `tokenizer` and `pretrain_run`: the pretrain flow's outputs. Empty = run those flows first
+    (from cache when they have run with this config)."""
+    if not (documents and tokenizer and pretrain_run):
+        from flows.data import data_flow
+        from flows.pretrain import pretrain_flow
+
+        documents = data_flow(config)["dedup"]
+        pre = pretrain_flow(config, documents)
+        tokenizer, pretrain_run = pre["tokenizer"], pre["run"]
     root = str(Path(config.root).resolve())
     ft = config.finetune
     context = ModelConfig.model_validate_json((Path(pretrain_run) / "final" / "model_config.json").read_text()).max_seq_len

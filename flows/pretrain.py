@@ -15,8 +15,13 @@ from tasks.train_tokenizer import train_tokenizer_task
 
 
 @flow(name="pretrain", log_prints=True)
-def pretrain_flow(config: LlmillConfig, documents: str) -> dict:
-    """`documents`: a dedup (or clean) dataset directory, e.g. the data flow's `dedup` output."""
+def pretrain_flow(config: LlmillConfig, documents: str = "") -> dict:
+    """`documents`: a dedup (or clean) dataset directory; empty = the data flow's `dedup` output
+    (answered from cache when the data flow has run with this config)."""
+    if not documents:
+        from flows.data import data_flow
+
+        documents = data_flow(config)["dedup"]
     root = str(Path(config.root).resolve())
     tokenizer = call_stage(train_tokenizer_task, [documents], config.tokenizer, root)
     shards = call_stage(tokenize_task, [documents, tokenizer], config.tokenize, root)

@@ -54,6 +54,7 @@ def hf_config(cfg: ModelConfig):
         tie_word_embeddings=cfg.tie_embeddings,
         hidden_act="silu",
         attention_bias=False,
+        attention_dropout=cfg.attention_dropout,
         mlp_bias=False,
         bos_token_id=BOS,
         eos_token_id=EOS,

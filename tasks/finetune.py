@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from model.config import HeadConfig, TrainConfig
 from model.llama import ModelConfig
 from tasks.examples import ExamplesConfig
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
 from tasks.pretrain import loss_plot_markdown, plot_losses, training_events
 from tasks.stage import Progress, load_manifest, no_progress
 from tasks.train_tokenizer import MODEL_FILE
@@ -89,7 +89,8 @@ def finetune(inputs: list[str], cfg: FinetuneConfig, out: Path, progress: Progre
 def finetune_task(inputs: list[str], cfg: FinetuneConfig, root: str) -> str:
     from prefect.artifacts import create_markdown_artifact
 
-    out = prefect_stage("finetune", VERSION, finetune, inputs, cfg, root, resumable=True)
+    with accelerator_slot():
+        out = prefect_stage("finetune", VERSION, finetune, inputs, cfg, root, resumable=True)
     create_markdown_artifact(loss_plot_markdown(Path(out)).replace("Pretraining", "Fine-tuning"), key="finetune-loss-curve",
                              description="fine-tuning loss")
     return out

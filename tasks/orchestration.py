@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import get_run_logger
@@ -96,6 +97,19 @@ def prefect_stage(stage: str, version: int, fn: StageFn, inputs: list[str], cfg:
     get_run_logger().info("%s -> %s: %s", stage, out, {k: v for k, v in stats.items() if not isinstance(v, (dict, list))})
     create_table_artifact(flat_stats(stats), key=f"{artifact_key(stage)}-statistics", description=f"{stage}: {out}")
     return str(out)
+
+
+ACCELERATOR_LIMIT = "llmill-accelerator"
+
+
+@contextmanager
+def accelerator_slot():
+    """Hold a slot of the `llmill-accelerator` global concurrency limit while training, so two
+    trainings never share the machine's accelerator (a no-op where the limit is not defined)."""
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(ACCELERATOR_LIMIT, occupy=1):
+        yield
 
 
 def call_stage(task, inputs: list[str], cfg: BaseModel, root: str) -> str:

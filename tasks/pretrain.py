@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from model.config import TrainConfig
 from model.llama import ModelConfig
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
 from tasks.train_tokenizer import MODEL_FILE
 
@@ -115,6 +115,7 @@ def loss_plot_markdown(run_dir: Path) -> str:
 def pretrain_task(inputs: list[str], cfg: PretrainConfig, root: str) -> str:
     from prefect.artifacts import create_markdown_artifact
 
-    out = prefect_stage("pretrain", VERSION, pretrain, inputs, cfg, root, resumable=True)
+    with accelerator_slot():
+        out = prefect_stage("pretrain", VERSION, pretrain, inputs, cfg, root, resumable=True)
     create_markdown_artifact(loss_plot_markdown(Path(out)), key="pretrain-loss-curve", description="training and validation loss")
     return out

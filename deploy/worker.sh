@@ -1,0 +1,11 @@
+#!/bin/sh
+# The worker's start: wait for the server, make sure the work pool exists, register every
+# deployment on it, then poll for runs. The same commands run natively in tests/integration/test_serve.py.
+set -eu
+pool="${LLMILL_WORK_POOL:-llmill}"
+until python -c "import os, urllib.request; urllib.request.urlopen(os.environ['PREFECT_API_URL'].rstrip('/') + '/health', timeout=3)" 2>/dev/null; do
+  echo "waiting for the Prefect server at ${PREFECT_API_URL}"; sleep 2
+done
+prefect work-pool inspect "$pool" >/dev/null 2>&1 || prefect work-pool create "$pool" --type process
+llmill deploy "${LLMILL_CONFIG:-configs/demo.yaml}" --pool "$pool"
+exec prefect worker start --pool "$pool"

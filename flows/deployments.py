@@ -1,0 +1,56 @@
+"""Deployments of every flow. Each takes the typed config (`LlmillConfig`) as its parameter, so
+the Prefect UI's run form shows its fields, with the config file's values as defaults.
+
+Two ways to run them: `llmill serve` (this process serves them all: `prefect.serve`, no worker)
+and a process work pool with a worker (`prefect.yaml`, how docker-compose runs them).
+Trainings take a slot of the `llmill-accelerator` global concurrency limit (1 by default),
+so two never share a machine's accelerator by accident.
+"""
+
+from __future__ import annotations
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+from flows.config import LlmillConfig
+
+from tasks.orchestration import ACCELERATOR_LIMIT
+
+
+def flows() -> dict:
+    from flows.data import data_flow
+    from flows.evaluate import evaluate_flow
+    from flows.finetune import finetune_flow
+    from flows.pipeline import pipeline_flow
+    from flows.pretrain import pretrain_flow
+
+    return {"data": data_flow, "pretrain": pretrain_flow, "finetune": finetune_flow, "evaluate": evaluate_flow, "pipeline": pipeline_flow}
+
+
+def deployments(config: LlmillConfig) -> list:
+    """RunnerDeployments for `prefect.serve`, named after their flows, defaults from `config`."""
+    params = {"config": config.model_dump(mode="json")}
+    out = []
+    for name, flow in flows().items():
+        training = name in ("pretrain", "finetune", "pipeline")
+        out.append(
+            flow.to_deployment(
+                name=name,
+                parameters=params,
+                description=(flow.__doc__ or "").strip().splitlines()[0] if flow.__doc__ else name,
+                tags=["llmill", "training"] if training else ["llmill"],
+                concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE) if training else None,
+            )
+        )
+    return out
+
+
+def ensure_accelerator_limit(slots: int = 1) -> None:
+    """Create the global concurrency limit the training tasks take a slot of, if missing."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(ACCELERATOR_LIMIT)
+        except Exception:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=ACCELERATOR_LIMIT, limit=slots))

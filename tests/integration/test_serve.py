@@ -1,0 +1,285 @@
+"""Deployments for real: a `prefect server start` on 127.0.0.1 (SQLite), `llmill serve` serving
+every flow, and a pipeline run started through the API exactly as the UI's Run button does
+(POST /api/deployments/{id}/create_flow_run), completing with its report artifact. Basic auth
+on the server refuses a client without the credentials."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from flows.config import load_config
+from tests.helpers import compose_config, python_doc_site_pages, write_warc
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+FLOWS = {"data", "pretrain", "finetune", "evaluate", "pipeline"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_from_compose(tmp: Path, port: int, database_url: str | None) -> tuple[list[str], dict]:
+    """The prefect-server service's command and environment, read from docker-compose.yml,
+    bound to 127.0.0.1:port here; `database_url` None keeps Prefect's SQLite default."""
+    svc = compose_config(tmp)["services"]["prefect-server"]
+    cmd = [PREFECT if c == "prefect" else "127.0.0.1" if c == "0.0.0.0" else str(port) if c == "4200" else c for c in svc["command"]]
+    env = dict(svc["environment"])
+    env.update(PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port), PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
+    if database_url is None:
+        env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL")
+    else:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    return cmd, env
+
+
+def worker_env_from_compose(tmp: Path, api: str, config: Path) -> dict:
+    """The worker service's environment, its paths and the server's address mapped to this machine."""
+    env = dict(compose_config(tmp)["services"]["worker"]["environment"])
+    env.update(PREFECT_API_URL=api, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp / "results"), LLMILL_CONFIG=str(config))
+    return env
+
+
+@contextmanager
+def prefect_server(home: Path, database_url: str | None = None):
+    """`prefect server start` as docker-compose runs it, on 127.0.0.1 and a free port. Yields
+    (client environment with the server's URL and credentials, API URL)."""
+    port = free_port()
+    cmd, server_env = server_from_compose(home, port, database_url)
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), **server_env}
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER")}
+    client_env.update(PREFECT_HOME=str(home / "client"), PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=server_env["PREFECT_SERVER_API_AUTH_STRING"],
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield client_env, api
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@contextmanager
+def postgres_cluster():
+    """A private PostgreSQL 15 cluster (Debian's) on 127.0.0.1, run as the postgres user;
+    yields the asyncpg URL the compose file's PREFECT_SERVER_DATABASE_CONNECTION_URL has."""
+    import shutil
+    import tempfile
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail("PostgreSQL 15 is not installed: apt-get install postgresql (make test does)")
+    base = Path(tempfile.mkdtemp(prefix="llmill-pg-"))  # outside pytest's root-only tmp tree
+    data, sock, pwfile = base / "data", base / "sock", base / "pw"
+    sock.mkdir()
+    pwfile.write_text("llmill-test-pw\n")
+    base.chmod(0o755)
+    subprocess.run(["chown", "-R", "postgres:postgres", str(base)], check=True)
+    port = free_port()
+
+    def as_postgres(*cmd, **kw):
+        return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True, text=True, timeout=120, **kw)
+
+    r = as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "prefect", f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8")
+    assert r.returncode == 0, r.stderr
+    r = as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "pg.log"),
+                    "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start")
+    assert r.returncode == 0, r.stderr + (base / "pg.log").read_text()
+    try:
+        r = as_postgres(str(PG_BIN / "createdb"), "-h", str(sock), "-p", str(port), "-U", "prefect", "prefect")
+        assert r.returncode == 0, r.stderr
+        yield f"postgresql+asyncpg://prefect:llmill-test-pw@127.0.0.1:{port}/prefect"
+    finally:
+        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def flow_runs_in_postgres(url: str) -> int:
+    import asyncio
+
+    import asyncpg
+
+    async def count() -> int:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return await conn.fetchval("select count(*) from flow_run")
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+def api_client(env: dict) -> httpx.Client:
+    user, password = env["PREFECT_API_AUTH_STRING"].split(":", 1)
+    return httpx.Client(auth=(user, password), timeout=30)
+
+
+def tiny_config(root: Path, warc: Path) -> dict:
+    return {
+        "root": str(root / "data"),
+        "ingest": {"paths": [str(warc)]},
+        "extract": {"workers": 2},
+        "clean": {**load_config().clean.model_dump(mode="json"), "workers": 2},
+        "tokenizer": {"vocab_size": 512},
+        "tokenize": {"val_fraction": 0.2},
+        "pretrain": {"model": {"preset": "test-tiny"},
+                     "train": {"steps": 20, "micro_batch_size": 8, "eval_every": 10, "checkpoint_every": 10, "warmup_steps": 2, "trackers": []}},
+        "finetune": {"examples": {"label_pattern": r"^/3\.11/([a-z-]+)/", "min_class_size": 8},
+                     "train": {"steps": 10, "eval_every": 5, "checkpoint_every": 5, "trackers": []}},
+        "evaluate": {"lm_eval": {"items": 8}, "generation": {"max_new_tokens": 4}},
+    }
+
+
+def wait_for(fn, timeout: float, what: str, step: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_to_completion(http: httpx.Client, api: str, deployment_id: str, log: Path, timeout: float) -> dict:
+    """POST create_flow_run with no parameters, as the UI's Run button with the form's defaults."""
+    run = http.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={}).json()
+
+    def finished():
+        state = http.get(f"{api}/flow_runs/{run['id']}").json()["state"]
+        assert state["type"] not in ("FAILED", "CRASHED", "CANCELLED"), (state, log.read_text()[-4000:])
+        return state["type"] == "COMPLETED"
+
+    wait_for(finished, timeout, f"flow run {run['id']}", step=2)
+    return run
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request):
+    if request.param == "sqlite":
+        yield None
+    else:
+        with postgres_cluster() as url:
+            yield url
+
+
+def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database):
+    warc = write_warc(tmp_path / "docs.warc.gz", python_doc_site_pages(14))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tmp_path, warc)))
+    (tmp_path / "prefect").mkdir()
+    with prefect_server(tmp_path / "prefect", database) as (env, api), api_client(env) as http:
+        serve_log = tmp_path / "serve.log"
+        with open(serve_log, "w") as log:
+            serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config)], cwd=ROOT, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            def deployments():
+                assert serve.poll() is None, serve_log.read_text()[-3000:]
+                found = http.post(f"{api}/deployments/filter", json={}).json()
+                return found if {d["name"] for d in found} >= FLOWS else None
+
+            found = {d["name"]: d for d in wait_for(deployments, 120, "the served deployments")}
+            pipeline = found["pipeline"]
+            # the UI's run form: the typed config, its sections as fields, the file's values as defaults
+            schema = pipeline["parameter_openapi_schema"]
+            assert "config" in schema["properties"]
+            definitions = schema.get("definitions") or schema.get("$defs")
+            assert {"crawl", "pretrain", "finetune", "evaluate"} <= set(definitions["LlmillConfig"]["properties"])
+            assert pipeline["parameters"]["config"]["pretrain"]["model"]["preset"] == "test-tiny"
+            assert "training" in found["pretrain"]["tags"] and "training" not in found["data"]["tags"]
+
+            run_to_completion(http, api, pipeline["id"], serve_log, 420)
+            artifacts = http.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["evaluation-report", "evaluation-headline"]}}}).json()
+            assert {a["key"] for a in artifacts} == {"evaluation-report", "evaluation-headline"}
+            report = next(a for a in artifacts if a["key"] == "evaluation-report")
+            assert "llmill evaluation report" in report["data"] and "data:image/png;base64," in report["data"]
+            if database:  # the runs really went to PostgreSQL
+                assert flow_runs_in_postgres(database) >= 5  # the pipeline and its four subflows
+            # the trainings' global concurrency limit exists, one slot
+            limit = http.get(f"{api}/v2/concurrency_limits/llmill-accelerator").json()
+            assert limit["limit"] == 1
+        finally:
+            stop(serve)
+
+
+def test_basic_auth_refuses_clients_without_credentials(tmp_path):
+    (tmp_path / "prefect").mkdir()
+    with prefect_server(tmp_path / "prefect") as (env, api):
+        assert httpx.get(f"{api}/health").status_code == 200  # health stays open for probes
+        assert httpx.post(f"{api}/deployments/filter", json={}).status_code == 401
+        assert httpx.post(f"{api}/deployments/filter", json={}, auth=("llmill", "wrong")).status_code == 401
+        with api_client(env) as http:
+            assert http.post(f"{api}/deployments/filter", json={}).status_code == 200
+        # Prefect's own client: in with PREFECT_API_AUTH_STRING, refused without it
+        probe = "from prefect import get_client\nwith get_client(sync_client=True) as c: print(len(c.read_deployments()))"
+        ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0 and ok.stdout.strip() == "0", ok.stderr[-2000:]
+        anonymous = {k: v for k, v in env.items() if k != "PREFECT_API_AUTH_STRING"}
+        denied = subprocess.run([sys.executable, "-c", probe], env=anonymous, capture_output=True, text=True, timeout=120)
+        assert denied.returncode != 0 and "401" in denied.stderr, denied.stderr[-2000:]
+
+
+def test_worker_script_registers_and_runs_deployments(tmp_path):
+    """deploy/worker.sh, natively, with the worker service's environment from docker-compose.yml."""
+    warc = write_warc(tmp_path / "docs.warc.gz", python_doc_site_pages(4))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tmp_path, warc)))
+    (tmp_path / "prefect").mkdir()
+    with prefect_server(tmp_path / "prefect") as (env, api), api_client(env) as http:
+        worker_env = {**env, **worker_env_from_compose(tmp_path, api, config),
+                      "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        worker_log = tmp_path / "worker.log"
+        with open(worker_log, "w") as log:
+            worker = subprocess.Popen(["sh", "deploy/worker.sh"], cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        try:
+            def deployments():
+                assert worker.poll() is None, worker_log.read_text()[-3000:]
+                found = http.post(f"{api}/deployments/filter", json={}).json()
+                return found if {d["name"] for d in found} >= FLOWS else None
+
+            found = {d["name"]: d for d in wait_for(deployments, 180, "the deployments the worker registers")}
+            assert {d["work_pool_name"] for d in found.values()} == {worker_env["LLMILL_WORK_POOL"]}
+            run_to_completion(http, api, found["data"]["id"], worker_log, 300)
+            assert list((tmp_path / "data" / "dedup").glob("*/manifest.json"))
+            assert any((tmp_path / "results").iterdir())  # results persisted where the compose volume would hold them
+        finally:
+            stop(worker)

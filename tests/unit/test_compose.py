@@ -1,0 +1,61 @@
+"""docker-compose.yml checked by a real Compose v2 (offline), and against .env.example,
+the Dockerfile and the worker script; the services themselves run natively in
+tests/integration/test_serve.py from this same file."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from tests.helpers import COMPOSE_FILE, compose_binary, compose_config
+
+ROOT = COMPOSE_FILE.parent
+
+
+def test_compose_file_passes_compose_config(tmp_path):
+    run = subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), "--env-file", str(ROOT / ".env.example"), "config", "-q"],
+                         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    # without the secrets Compose refuses, naming them
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    run = subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), "--env-file", str(empty), "config", "-q"],
+                         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert run.returncode != 0 and "POSTGRES_PASSWORD" in run.stderr + run.stdout
+
+
+def test_env_example_names_every_variable_and_nothing_secret_is_committed():
+    used = set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text()))
+    example = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines() if "=" in line and not line.startswith("#")}
+    assert used <= example, used - example
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    tracked = subprocess.run(["git", "ls-files", ".env"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert tracked == ""
+
+
+def test_services_images_volumes_and_the_worker(tmp_path):
+    cfg = compose_config(tmp_path)
+    services = cfg["services"]
+    assert set(services) == {"postgres", "prefect-server", "worker"}
+    for name, svc in services.items():
+        image = svc["image"]
+        assert ":" in image and not image.endswith(":latest") and re.search(r":\d", image), (name, image)
+    assert "healthcheck" in services["postgres"] and "healthcheck" in services["prefect-server"]
+    assert services["prefect-server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    server_env = services["prefect-server"]["environment"]
+    assert server_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == "postgresql+asyncpg://prefect:llmill-test-pw@postgres:5432/prefect"
+    assert server_env["PREFECT_SERVER_API_AUTH_STRING"] == services["worker"]["environment"]["PREFECT_API_AUTH_STRING"] == "llmill:test-secret"
+    assert server_env["PREFECT_UI_API_URL"].endswith(":4200/api")
+    worker = services["worker"]
+    assert worker["build"]["dockerfile"] == "deploy/Dockerfile"
+    targets = {v["target"]: v["source"] for v in worker["volumes"]}
+    assert targets == {"/app/data": "datasets", "/llmill/results": "results"}
+    assert worker["environment"]["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == "/llmill/results"
+    assert {v["target"] for v in services["postgres"]["volumes"]} == {"/var/lib/postgresql/data"}
+    # the container runs what the Dockerfile says and what the native test runs
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert worker["command"] == ["sh", "deploy/worker.sh"] and 'CMD ["sh", "deploy/worker.sh"]' in dockerfile
+    assert re.search(r"^FROM python:3\.11\.\d+-slim", dockerfile, re.M) and "ARG TORCH_INDEX_URL" in dockerfile
+    script = (ROOT / "deploy" / "worker.sh").read_text()
+    for step in ("prefect work-pool create", "llmill deploy", "prefect worker start --pool"):
+        assert step in script
