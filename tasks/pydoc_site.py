@@ -9,8 +9,10 @@ This file therefore imports nothing but the standard library.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -33,6 +35,7 @@ def module_allowed(name: str) -> bool:
         and not top.startswith("_")
         and top not in EXCLUDED_MODULES
         and top in sys.stdlib_module_names
+        and "__main__" not in name.split(".")  # importing `venv.__main__` runs venv: it made a venv named "0" here
     )
 
 
@@ -83,8 +86,10 @@ def _serve(port: int) -> None:  # runs in the server process
 @contextlib.contextmanager
 def serve_pydoc(port: int = 0, timeout_s: float = 30.0):
     """Yield the base URL of a pydoc server on 127.0.0.1 and stop it on exit."""
+    workdir = tempfile.mkdtemp(prefix="llmill-pydoc-")  # whatever an import writes lands here, not in the caller's directory
     proc = subprocess.Popen(
         [sys.executable, "-I", "-S", str(Path(__file__).resolve()), str(port)],
+        cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -110,6 +115,7 @@ def serve_pydoc(port: int = 0, timeout_s: float = 30.0):
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,12 @@ def classification_scores(y_true: list[int], y_pred: list[int], labels: list[str
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     n = int(confusion.sum())
     micro = float(tp.sum() / n) if n else 0.0  # single-label: micro P = micro R = micro F1 = accuracy
+    seen = (actual > 0) | (predicted > 0)  # macro over the classes that occur in truth or prediction, as sklearn's default
     return {
         "examples": n,
         "accuracy": micro,
-        "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
+        "macro": {"precision": float(precision[seen].mean()), "recall": float(recall[seen].mean()), "f1": float(f1[seen].mean()),
+                  "classes": int(seen.sum())},
         "micro": {"precision": micro, "recall": micro, "f1": micro},
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(actual[i])}

@@ -27,8 +27,11 @@ def test_classification_scores_agree_with_sklearn():
     assert math.isclose(ours["accuracy"], accuracy_score(y_true, y_pred))
     assert ours["confusion"] == confusion_matrix(y_true, y_pred, labels=range(4)).tolist()
     for average in ("macro", "micro"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=average, labels=range(4), zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
         assert np.allclose([ours[average]["precision"], ours[average]["recall"], ours[average]["f1"]], [p, r, f])
+    # a class absent from both truth and prediction does not drag the macro average down
+    absent = classification_scores(y_true.tolist(), y_pred.tolist(), labels + ["e"])
+    assert absent["macro"] == ours["macro"] and absent["per_class"]["e"]["support"] == 0
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=range(4), zero_division=0)
     for i, name in enumerate(labels):
         c = ours["per_class"][name]
