@@ -19,13 +19,15 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/llmill run $(CONFIG)
 
-# Tests use Debian packages: the Python docs (real HTML pages that need no network) and
-# PostgreSQL 15 (the Prefect server's database in docker-compose, run natively by the tests).
+# Tests use Debian packages: the Python docs (real HTML pages that need no network),
+# PostgreSQL 15 (the Prefect server's database in docker-compose, run natively by the tests)
+# and chromium (headless, for the Prefect UI).
 docs-pages:
 	@test -d /usr/share/doc/python3.11/html || (apt-get update -q && apt-get install -y -q python3.11-doc)
 
 system-packages: docs-pages
 	@test -x /usr/lib/postgresql/15/bin/initdb || (apt-get update -q && apt-get install -y -q postgresql-15)
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q tests

@@ -5,6 +5,7 @@ on the server refuses a client without the credentials."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -226,7 +227,7 @@ def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database):
             assert pipeline["parameters"]["config"]["pretrain"]["model"]["preset"] == "test-tiny"
             assert "training" in found["pretrain"]["tags"] and "training" not in found["data"]["tags"]
 
-            run_to_completion(http, api, pipeline["id"], serve_log, 420)
+            run = run_to_completion(http, api, pipeline["id"], serve_log, 420)
             artifacts = http.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["evaluation-report", "evaluation-headline"]}}}).json()
             assert {a["key"] for a in artifacts} == {"evaluation-report", "evaluation-headline"}
             report = next(a for a in artifacts if a["key"] == "evaluation-report")
@@ -236,8 +237,30 @@ def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database):
             # the trainings' global concurrency limit exists, one slot
             limit = http.get(f"{api}/v2/concurrency_limits/llmill-accelerator").json()
             assert limit["limit"] == 1
+            if database is None:  # the UI, once: it reads the same API whatever the database
+                ui_shows_the_run_and_its_report(api, env, http.get(f"{api}/flow_runs/{run['id']}").json(), report["id"], tmp_path)
         finally:
             stop(serve)
+
+
+def ui_shows_the_run_and_its_report(api: str, env: dict, flow_run: dict, artifact_id: str, shots: Path) -> None:
+    """Headless chromium logs in (the UI keeps the basic-auth string in localStorage, as its login
+    page does), opens the finished flow run and the report artifact, and saves screenshots."""
+    from tests.browser import Browser
+
+    ui = api.removesuffix("/api")
+    token = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
+    with Browser() as browser:
+        browser.open(ui + "/")
+        browser.wait_for_origin(ui)
+        browser.evaluate(f"localStorage.setItem('prefect-password', '{token}')")
+        browser.open(f"{ui}/runs/flow-run/{flow_run['id']}")
+        text = browser.wait_for_text(flow_run["name"], "Completed", timeout=90)
+        assert "pipeline" in text
+        assert browser.screenshot(shots / "ui-flow-run.png").stat().st_size > 10_000
+        browser.open(f"{ui}/artifacts/artifact/{artifact_id}")
+        browser.wait_for_text("llmill evaluation report", "LM bits per byte", "xz -9 given the training text", timeout=90)
+        assert browser.screenshot(shots / "ui-report-artifact.png").stat().st_size > 10_000
 
 
 def test_basic_auth_refuses_clients_without_credentials(tmp_path):
