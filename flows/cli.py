@@ -51,6 +51,16 @@ def _print_pretrain_summary(result: dict) -> None:
     _print_rows("llmill pretrain flow", summary_rows(result))
 
 
+def _require_server() -> None:
+    """Deployments live on a Prefect server; the embedded one ends with this process."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        console.print("[red]error:[/red] deployments need a Prefect server: start one (`prefect server start`) "
+                      "and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise typer.Exit(2)
+
+
 def _guarded(flow, *args):
     """Run a flow; a failure caused by bad input or config ends with its message, not a traceback
     (Prefect has logged the traceback already)."""
@@ -124,6 +134,7 @@ def serve(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """Serve every flow as a deployment until stopped: runs started from the Prefect UI (or its
     API) execute in this process. Needs a Prefect server: set PREFECT_API_URL."""
     cfg = _load(config, set_)
+    _require_server()
     from prefect import serve as serve_deployments
 
     from flows.deployments import deployments, ensure_accelerator_limit
@@ -137,6 +148,7 @@ def deploy(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt,
            pool: str = typer.Option("llmill", help="a process work pool; `prefect worker start --pool POOL` runs the deployments")):
     """Register every flow as a deployment on a work pool (how docker-compose's worker runs them)."""
     cfg = _load(config, set_)
+    _require_server()
     from flows.deployments import deployments, ensure_accelerator_limit
 
     from prefect.runner.storage import LocalStorage

@@ -36,7 +36,6 @@ def deployments(config: LlmillConfig) -> list:
             flow.to_deployment(
                 name=name,
                 parameters=params,
-                description=(flow.__doc__ or "").strip().splitlines()[0] if flow.__doc__ else name,
                 tags=["llmill", "training"] if training else ["llmill"],
                 concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE) if training else None,
             )

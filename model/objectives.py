@@ -45,6 +45,9 @@ class LanguageModeling:
     def body(self, model):
         return model
 
+    def prepare(self, model) -> None:
+        """Adjust the built (and initialized) model before training: nothing to do for an LM."""
+
     def signature(self) -> dict:
         return {"objective": "lm"}
 

@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
 from typing import Literal
 
+import torch
+import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
 from model.config import HeadConfig, TrainConfig
@@ -256,8 +256,7 @@ def train(spec: RunSpec) -> dict:
         sp = spm.SentencePieceProcessor(model_file=spec.tokenizer)
         matched = load_word_vectors(body, [sp.id_to_piece(i) for i in range(sp.get_piece_size())], tc.init_word_vectors, tc.seed)
         accelerator.print(f"embeddings: {matched} pieces initialized from {tc.init_word_vectors}")
-    if hasattr(objective, "prepare"):
-        objective.prepare(model)
+    objective.prepare(model)
     body.gradient_checkpointing = tc.gradient_checkpointing
     if sharded_cpu:
         shard_fsdp2_cpu(model)

@@ -120,11 +120,13 @@ def stream_nll(model: Llama, tokens: np.ndarray, batch_size: int = 8, progress: 
     return total, count
 
 
-def evaluate_lm(run: str, shards: str, tokenizer: str, cfg: EvaluateConfig, progress: Progress = no_progress) -> dict:
+def load_tokenizer(tokenizer: str):
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_file=str(Path(tokenizer) / MODEL_FILE))
-    model = load_lm(run)
+    return spm.SentencePieceProcessor(model_file=str(Path(tokenizer) / MODEL_FILE))
+
+
+def evaluate_lm(model: Llama, shards: str, sp, cfg: EvaluateConfig, progress: Progress = no_progress) -> dict:
     val_tokens = split_tokens(shards, "val")
     if len(val_tokens) == 0:
         raise ValueError(f"evaluate: {shards} has no val tokens; raise tokenize.val_fraction")
@@ -266,20 +268,18 @@ def by_stage(inputs: list[str]) -> dict[str, str]:
 
 
 def evaluate(inputs: list[str], cfg: EvaluateConfig, out: Path, progress: Progress = no_progress) -> dict:
-    import sentencepiece as spm
-
     from tasks.reports import write_reports
 
     d = by_stage(inputs)
     for needed in ("pretrain", "tokenize", "train_tokenizer"):
         if needed not in d:
             raise ValueError(f"evaluate needs a {needed} dataset among its inputs; got {sorted(d)}")
-    sp = spm.SentencePieceProcessor(model_file=str(Path(d["train_tokenizer"]) / MODEL_FILE))
-    result: dict = {"language_model": evaluate_lm(d["pretrain"], d["tokenize"], d["train_tokenizer"], cfg, progress)}
+    sp, model = load_tokenizer(d["train_tokenizer"]), load_lm(d["pretrain"])
+    result: dict = {"language_model": evaluate_lm(model, d["tokenize"], sp, cfg, progress)}
     result["classifier"] = None
     if "finetune" in d and load_manifest(d["finetune"]).stats.get("kind") == "classify":
         result["classifier"] = evaluate_classifier(d["finetune"], d["examples"])
-    result["bias_probe"] = bias_probe(load_lm(d["pretrain"]), sp, cfg.bias_probe or DEFAULT_BIAS_PROBE)
+    result["bias_probe"] = bias_probe(model, sp, cfg.bias_probe or DEFAULT_BIAS_PROBE)
     result["lm_eval"] = None
     if cfg.lm_eval.enabled and (Path(d["pretrain"]) / "hf").exists():
         from tasks.harness import run_lm_eval

@@ -157,6 +157,8 @@ def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progre
             rejected.append({"row": i, "reason": f"empty {text_key}"})
         elif cfg.kind == "classify" and (r.get("label") is None or str(r["label"]).strip() == ""):
             rejected.append({"row": i, "reason": "empty label"})
+        elif text_key == "prompt" and not (isinstance(r.get("response"), str) and r["response"].strip()):
+            rejected.append({"row": i, "reason": "empty response"})
         else:
             kept.append(r)
     if not kept:

@@ -85,7 +85,7 @@ def funnel(datasets: dict[str, str]) -> list[tuple[str, int]]:
         steps.append(("after dedup", load_manifest(datasets["dedup"]).stats["documents_out"]))
     if "tokenize" in datasets:
         s = load_manifest(datasets["tokenize"]).stats
-        steps.append(("tokenized (train + val)", s["documents"]["train"] + s["documents"]["val"] if isinstance(s.get("documents"), dict) else 0))
+        steps.append(("tokenized (train + val)", s["documents"]["train"] + s["documents"]["val"]))
     return steps
 
 
@@ -184,18 +184,18 @@ def report_markdown(result: dict, plots: dict[str, Path]) -> str:
 
 def model_card(result: dict, d: dict[str, str]) -> str:
     pre = load_manifest(d["pretrain"])
-    model, train = pre.config["model"], pre.config["train"]
-    s = pre.stats
+    s, train = pre.stats, pre.config["train"]
+    model = s["model"]  # as trained: the vocabulary size set from the tokenizer
     lines = ["# Model card", "", "A Llama-style decoder trained from scratch by llmill.", "", "## Model", "",
-             table([(k, v) for k, v in {**s.get("model", model)}.items()], ("field", "value")), "",
-             f"Parameters: {s.get('params', 0):,}. Tokenizer: sentencepiece, vocabulary {s.get('model', model).get('vocab_size')}.", "",
-             "## Pretraining", "", table([(k, v) for k, v in train.items()], ("setting", "value")), "",
+             table(list(model.items()), ("field", "value")), "",
+             f"Parameters: {s['params']:,}. Tokenizer: sentencepiece, vocabulary {model['vocab_size']}.", "",
+             "## Pretraining", "", table(list(train.items()), ("setting", "value")), "",
              f"Steps {s['steps']}, tokens seen {s['tokens_seen']:,}, {s['seconds']:.0f} s.", ""]
     if "finetune" in d:
         ft = load_manifest(d["finetune"])
         lines += ["## Fine-tuning", "", f"Kind: {ft.stats['kind']}; labels: {', '.join(ft.stats.get('labels') or []) or '-'}; "
                   f"best step {ft.stats.get('best_step')} by {ft.stats.get('select_metric')} = {ft.stats.get('best_metric'):.4f}.", "",
-                  table([(k, v) for k, v in ft.config["train"].items()], ("setting", "value")), ""]
+                  table(list(ft.config["train"].items()), ("setting", "value")), ""]
     lines += ["## Metrics with baselines", "", table(headline_rows(result), ("figure", "value")), "",
               "## Limitations", "", LIMITATIONS, ""]
     return "\n".join(lines)

@@ -56,3 +56,11 @@ def test_llmill_run_on_builtin_pydoc(tmp_path):
     report = next((tmp_path / "data" / "evaluate").glob("*[0-9a-f]"))
     assert {"eval.json", "report.md", "model_card.md", "data_card.md", "loss_curves.png"} <= {p.name for p in report.iterdir()}
     assert "report.md" in out
+
+
+def test_serve_without_a_server_says_what_to_do(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path)
+    for command in ("serve", "deploy"):
+        proc = subprocess.run([sys.executable, "-m", "flows.cli", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "need a Prefect server" in proc.stdout and "PREFECT_API_URL" in proc.stdout, proc.stdout + proc.stderr

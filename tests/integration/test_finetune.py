@@ -112,6 +112,12 @@ def test_bad_labelled_data_gets_clear_errors(pretrained, tmp_path):
     assert load_manifest(ex).stats["rejected"] == 1
     assert json.loads((Path(ex) / "rejected.jsonl").read_text()) == {"row": 30, "reason": "empty text"}
 
+    # SFT rows without a response are rejected with their reason
+    path = tmp_path / "no-response.jsonl"
+    path.write_text(json.dumps({"prompt": "Explain json.", "response": " It encodes."}) + "\n" + json.dumps({"prompt": "Explain os.", "response": ""}) + "\n")
+    ex = make_examples(root, docs, tok, path=path, kind="sft", val_fraction=0.0, test_fraction=0.0)
+    assert json.loads((Path(ex) / "rejected.jsonl").read_text()) == {"row": 1, "reason": "empty response"}
+
     # a prompt longer than the context: documented truncation, the response keeps at least half
     long_prompt = " ".join(library_texts(1)[0].split()[:600])
     path = tmp_path / "long.jsonl"
@@ -131,14 +137,14 @@ def test_bad_labelled_data_gets_clear_errors(pretrained, tmp_path):
 def test_lm_scores_and_baselines_use_exactly_the_val_text(pretrained):
     import lzma
 
-    from tasks.evaluate import EvaluateConfig, evaluate_lm
+    from tasks.evaluate import EvaluateConfig, evaluate_lm, load_lm, load_tokenizer
     from tasks.tokenize import TokenizeConfig, split_of
 
     root, docs, tok, run = pretrained
     shards = next(str(p) for p in (root / "tokenize").iterdir() if (p / "manifest.json").exists())
     texts = library_texts(120)
     val_text = "".join(t + "\n" for i, t in enumerate(texts) if split_of(f"lib-{i:04d}", TokenizeConfig(val_fraction=0.1)) == "val")
-    result = evaluate_lm(run, shards, tok, EvaluateConfig(generation={"max_new_tokens": 4}))
+    result = evaluate_lm(load_lm(run), shards, load_tokenizer(tok), EvaluateConfig(generation={"max_new_tokens": 4}))
     assert result["val_bytes"] == len(val_text.encode())
     assert result["baselines"]["xz_bpb"] == pytest.approx(8 * len(lzma.compress(val_text.encode(), preset=9)) / len(val_text.encode()))
     assert result["val_tokens"] == load_manifest(shards).stats["tokens"]["val"]  # every val token scored
