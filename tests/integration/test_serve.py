@@ -255,8 +255,8 @@ def ui_shows_the_run_and_its_report(api: str, env: dict, flow_run: dict, artifac
         browser.wait_for_origin(ui)
         browser.evaluate(f"localStorage.setItem('prefect-password', '{token}')")
         browser.open(f"{ui}/runs/flow-run/{flow_run['id']}")
-        text = browser.wait_for_text(flow_run["name"], "Completed", timeout=90)
-        assert "pipeline" in text
+        # the flow's name arrives by its own API call, after the run's; wait for all three
+        browser.wait_for_text(flow_run["name"], "Completed", "pipeline", timeout=90)
         assert browser.screenshot(shots / "ui-flow-run.png").stat().st_size > 10_000
         browser.open(f"{ui}/artifacts/artifact/{artifact_id}")
         browser.wait_for_text("llmill evaluation report", "LM bits per byte", "xz -9 given the training text", timeout=90)
