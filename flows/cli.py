@@ -112,6 +112,16 @@ def data(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
 
 
 @app.command()
+def refresh(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
+    """One incremental data refresh now: re-crawl with conditional requests, process the changed
+    and new pages only, append their tokens as a new version (the data-refresh deployment's work)."""
+    cfg = _load(config, set_)
+    from flows.refresh import data_refresh_flow, summary_rows
+
+    _print_rows("llmill data refresh", summary_rows(_guarded(data_refresh_flow, cfg)))
+
+
+@app.command()
 def finetune(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """examples and finetune from the pretrained model (upstream flows answer from cache)."""
     cfg = _load(config, set_)

@@ -22,6 +22,18 @@ from tasks.train_tokenizer import TokenizerConfig
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
+class RefreshConfig(BaseModel):
+    """The scheduled, incremental data refresh (the `data-refresh` deployment)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cron: str = Field("0 3 * * *", description="when the refresh runs (cron); daily at 03:00 by default")
+    timezone: str = "UTC"
+    active: bool = Field(False, description="the schedule starts paused until a person enables it")
+    continue_pretraining: bool = Field(False, description="continue pretraining from the latest run after a refresh")
+    min_new_tokens: int = Field(100_000, ge=1, description="tokens a refresh must add to trigger continued pretraining")
+    continue_steps: int = Field(0, ge=0, description="steps of continued pretraining; 0 = pretrain.train.steps")
+
+
 class LlmillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,6 +49,7 @@ class LlmillConfig(BaseModel):
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    refresh: RefreshConfig = RefreshConfig()
 
 
 class ConfigError(ValueError):

@@ -22,22 +22,29 @@ def flows() -> dict:
     from flows.finetune import finetune_flow
     from flows.pipeline import pipeline_flow
     from flows.pretrain import pretrain_flow
+    from flows.refresh import data_refresh_flow
 
-    return {"data": data_flow, "pretrain": pretrain_flow, "finetune": finetune_flow, "evaluate": evaluate_flow, "pipeline": pipeline_flow}
+    return {"data": data_flow, "data-refresh": data_refresh_flow, "pretrain": pretrain_flow, "finetune": finetune_flow,
+            "evaluate": evaluate_flow, "pipeline": pipeline_flow}
 
 
 def deployments(config: LlmillConfig) -> list:
-    """RunnerDeployments for `prefect.serve`, named after their flows, defaults from `config`."""
+    """RunnerDeployments for `prefect.serve`, named after their flows, defaults from `config`.
+    `data-refresh` runs on the config's cron schedule, created paused unless `refresh.active`."""
+    from prefect.schedules import Cron
+
     params = {"config": config.model_dump(mode="json")}
     out = []
     for name, flow in flows().items():
         training = name in ("pretrain", "finetune", "pipeline")
+        refresh = config.refresh
         out.append(
             flow.to_deployment(
                 name=name,
                 parameters=params,
                 tags=["llmill", "training"] if training else ["llmill"],
                 concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE) if training else None,
+                schedules=[Cron(refresh.cron, timezone=refresh.timezone, active=refresh.active)] if name == "data-refresh" else None,
             )
         )
     return out

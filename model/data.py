@@ -8,10 +8,12 @@ checkpoint only needs the step to resume exactly, on any number of processes.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -43,17 +45,56 @@ def open_tokens(path: Path) -> np.ndarray:
         raise ShardError(f"{path}: not a readable token shard ({e})") from None
 
 
+def split_shards(dataset: str | Path, split: str) -> list[tuple[Path, frozenset[str]]]:
+    """The token shard files of one split, each with the ids of documents retired from it.
+
+    A `tokenize` dataset holds its shards itself. A refreshed version (`append_tokens`) lists,
+    relative to the datasets' root, the shards of the versions before it and its own, and
+    which of their documents a later version superseded; earlier versions stay readable.
+    """
+    dataset = Path(dataset)
+    manifest = dataset / "manifest.json"
+    listed = json.loads(manifest.read_text())["stats"].get("shard_files") if manifest.is_file() else None
+    if listed is None:
+        files = sorted(p for p in (dataset / split).glob("part-*.arrow") if not p.name.endswith(".docs.arrow"))
+        return [(f, frozenset()) for f in files]
+    retired: dict[str, set[str]] = {}
+    if (dataset / "retired.parquet").exists():
+        table = pq.read_table(dataset / "retired.parquet", columns=["shard", "doc_id"])
+        for shard, doc in zip(table.column("shard").to_pylist(), table.column("doc_id").to_pylist()):
+            retired.setdefault(shard, set()).add(doc)
+    root = dataset.parent.parent
+    return [(root / rel, frozenset(retired.get(rel, ()))) for rel in listed[split]]
+
+
+def doc_index(tokens_file: Path) -> pa.Table:
+    """doc_id, start, length (and bytes) of each document in a token shard."""
+    return pa.ipc.open_file(pa.memory_map(str(tokens_file.with_suffix(".docs.arrow")), "r")).read_all()
+
+
+def live_tokens(tokens_file: Path, retired: frozenset[str] = frozenset()) -> np.ndarray:
+    """A shard's tokens without its retired documents: memory-mapped when none is retired."""
+    tokens = open_tokens(tokens_file)
+    if not retired:
+        return tokens
+    index = doc_index(tokens_file)
+    spans = [(s, s + n + 1) for d, s, n in zip(index.column("doc_id").to_pylist(), index.column("start").to_pylist(),
+                                              index.column("length").to_pylist()) if d not in retired]
+    return np.concatenate([tokens[a:b] for a, b in spans]) if spans else tokens[:0]
+
+
 class TokenWindows:
     """Random windows of `window + 1` tokens (inputs and shifted targets) over a split."""
 
     def __init__(self, split_dir: str | Path, window: int, seed: int = 0):
+        """`split_dir`: <token dataset>/train or /val; a refreshed version's listed shards are used."""
         self.dir = Path(split_dir)
         self.window = window
         self.seed = np.uint64(seed)
-        files = sorted(p for p in self.dir.glob("part-*.arrow") if not p.name.endswith(".docs.arrow"))
+        files = split_shards(self.dir.parent, self.dir.name)
         if not files:
             raise ShardError(f"{self.dir}: no token shards")
-        self.shards = [open_tokens(f) for f in files]
+        self.shards = [live_tokens(f, retired) for f, retired in files]
         self.tokens = sum(len(s) for s in self.shards)
         usable = [max(0, len(s) - window) for s in self.shards]  # start positions per shard
         if sum(usable) == 0:

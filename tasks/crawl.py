@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import io
 import json
 import random
@@ -44,6 +45,7 @@ from tasks.urls import (
 )
 
 VERSION = 1
+KEPT = ("page", "not_modified")  # outcomes that leave a page in the corpus
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
@@ -243,8 +245,13 @@ def backoff_delay(attempt: int, cfg: CrawlConfig, retry_after: float | None) -> 
 
 
 class Crawler:
-    def __init__(self, cfg: CrawlConfig, seeds: list[str], out: Path, progress: Progress):
+    """`previous`: the state.json of an earlier crawl. Its pages are fetched again with conditional
+    requests (If-None-Match / If-Modified-Since), so unchanged pages cost one 304 and no storage."""
+
+    def __init__(self, cfg: CrawlConfig, seeds: list[str], out: Path, progress: Progress, previous: dict | None = None):
         self.cfg = cfg
+        self.previous: dict[str, dict] = dict((previous or {}).get("urls", {}))
+        self.previous_frontier: list[dict] = list((previous or {}).get("frontier", []))
         self.out = out
         self.progress = progress
         self.seeds = [u for u in (normalize_url(s) for s in seeds) if u]
@@ -272,7 +279,7 @@ class Crawler:
         for url in stored_urls(self.out / "warc"):
             self.done.setdefault(url, {"e": "done", "url": url, "outcome": "page"})
         self.resumed = bool(self.seen)
-        self.pages = sum(1 for e in self.done.values() if e["outcome"] == "page")
+        self.pages = sum(1 for e in self.done.values() if e["outcome"] in KEPT)
 
     # -- per-host politeness
 
@@ -332,17 +339,30 @@ class Crawler:
         host.robots_ready.set()
         return host.robots
 
+    def validators(self, url: str) -> dict[str, str]:
+        """Conditional-request headers for a page an earlier crawl stored."""
+        known = self.previous.get(url, {})
+        headers = {}
+        if known.get("outcome") in KEPT:
+            if known.get("etag"):
+                headers["If-None-Match"] = known["etag"]
+            if known.get("last_modified"):
+                headers["If-Modified-Since"] = known["last_modified"]
+        return headers
+
     async def fetch(self, client: httpx.AsyncClient, url: str) -> Outcome:
         cfg = self.cfg
         host = self.host(url)
         last = "failed"
+        conditional = self.validators(url)
         for attempt in range(cfg.max_retries + 1):
             retry_after = None
             async with host.slots:
                 await self.wait_turn(host)
                 self.stats["requests"] += 1
+                self.stats["conditional_requests"] += bool(conditional)
                 try:
-                    async with client.stream("GET", url, timeout=cfg.timeout_s) as r:
+                    async with client.stream("GET", url, timeout=cfg.timeout_s, headers=conditional) as r:
                         status = r.status_code
                         if status == 429 or status >= 500:
                             retry_after = retry_after_seconds(r.headers.get("retry-after"))
@@ -411,6 +431,11 @@ class Crawler:
                 return self.settle(url, "redirect", f"to {target}")
             chain.append(target)
             current = target
+        if outcome.kind == "not_modified" or (outcome.kind == "page" and self.unchanged(current, outcome.page)):
+            # an unchanged page keeps what the earlier crawl knew of it (validators, WARC file)
+            known = {k: v for k, v in self.previous.get(current, {}).items() if k not in ("e", "url", "outcome", "reason", "at", "status", "warc")}
+            reason = "304" if outcome.kind == "not_modified" else "same_digest"
+            return self.settle(current, "not_modified", reason, status=outcome.status, **known)
         if outcome.kind != "page":
             return self.settle(url, outcome.kind, outcome.reason, status=outcome.status)
         page = outcome.page
@@ -434,25 +459,35 @@ class Crawler:
             last_modified=headers.get("last-modified"),
             warc=warc,
             truncated=page.truncated,
+            digest=body_digest(page.body),
         )
 
+    def unchanged(self, url: str, page: Page | None) -> bool:
+        """A server that ignores conditional requests resent a page byte for byte."""
+        known = self.previous.get(url, {})
+        return page is not None and known.get("outcome") in KEPT and known.get("digest") == body_digest(page.body)
+
     def settle(self, url: str, outcome: str, reason: str = "", **extra) -> None:
+        extra.setdefault("depth", self.seen.get(url, 0))
         event = {"e": "done", "url": url, "outcome": outcome, "reason": reason, "at": time.time(), **extra}
         self.done[url] = event
         self.journal.write(**event)
         self.stats[f"{outcome}:{reason.split(':')[0]}" if reason else outcome] += 1
-        if outcome == "page":
+        if outcome in KEPT:
             self.pages += 1
             self.progress(self.pages, self.cfg.max_pages)
 
     async def run(self) -> None:
         queue: asyncio.Queue = asyncio.Queue()
-        for url in self.seeds:
+        known = [(u, e.get("depth", 0)) for u, e in self.previous.items() if e.get("outcome") in KEPT]
+        known += [(f["url"], f["depth"]) for f in self.previous_frontier]
+        for url, depth in [(u, 0) for u in self.seeds] + known:
             if url not in self.seen:
-                self.seen[url] = 0
-                self.journal.write(e="seen", url=url, depth=0)
-        pending = sorted(((d, u) for u, d in self.seen.items() if u not in self.done))
-        for depth, url in pending:
+                self.seen[url] = depth
+                self.journal.write(e="seen", url=url, depth=depth)
+        # a refresh revisits the pages it knows before spending its page budget on new ones
+        pending = sorted((self.previous.get(u, {}).get("outcome") not in KEPT, d, u) for u, d in self.seen.items() if u not in self.done)
+        for _, depth, url in pending:
             queue.put_nowait((url, depth))
         inflight = 0
         limits = httpx.Limits(max_connections=self.cfg.concurrency)
@@ -490,10 +525,13 @@ class Crawler:
     def write_state(self) -> dict:
         """state.json: per-URL outcome and validators (ETag, Last-Modified) for refreshes."""
         frontier = sorted(u for u in self.seen if u not in self.done)
+        # a refresh's state carries forward what it did not revisit, so the next refresh knows it
+        urls = {u: e for u, e in self.previous.items() if u not in self.done}
+        urls.update({u: {k: v for k, v in e.items() if k not in ("e", "url")} for u, e in self.done.items()})
         state = {
             "seeds": self.seeds,
             "allowed_domains": self.allowed,
-            "urls": {u: {k: v for k, v in e.items() if k not in ("e", "url")} for u, e in sorted(self.done.items())},
+            "urls": dict(sorted(urls.items())),
             "frontier": [{"url": u, "depth": self.seen[u]} for u in frontier],
         }
         (self.out / "state.json").write_text(json.dumps(state, indent=1))
@@ -510,11 +548,16 @@ class Crawler:
             "outcomes": dict(outcomes),
             "not_fetched": dict(reasons),
             "requests": self.stats["requests"],
+            "conditional_requests": self.stats["conditional_requests"],
             "retries": self.stats["retries"],
             "robots_fetched": self.stats["robots_fetched"],
             "resumed": self.resumed,
             "warc_files": len(list((self.out / "warc").glob("*.warc.gz"))),
         }
+
+
+def body_digest(body: bytes) -> str:
+    return "sha1:" + hashlib.sha1(body).hexdigest()
 
 
 def extract_links(body: bytes, base: str) -> list[str]:

@@ -178,18 +178,21 @@ INDEX_SCHEMA = pa.schema([("id", pa.string()), ("hash", pa.string()), ("signatur
 def read_index(
     index: Path, exclude_segment: str, exclude_ids: set[str], num_perm: int
 ) -> tuple[list[str], list[str], np.ndarray]:
-    """Kept documents of earlier batches; a batch's own documents are never its duplicates."""
-    ids, hashes, sigs = [], [], []
-    for seg in sorted(index.glob("*.parquet")):
+    """Kept documents of earlier batches; a batch's own documents are never its duplicates.
+    A document a refresh replaced appears in several segments: the newest segment wins."""
+    latest: dict[str, tuple[str, list[int]]] = {}
+    for seg in sorted(index.glob("*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name)):
         if seg.stem == exclude_segment:
             continue
         t = pq.read_table(seg)
         for i, h, s in zip(t.column("id").to_pylist(), t.column("hash").to_pylist(), t.column("signature").to_pylist()):
-            if i not in exclude_ids:
-                ids.append(i)
-                hashes.append(h)
-                sigs.append(s)
-    return ids, hashes, np.array(sigs, dtype=np.uint32).reshape(len(ids), num_perm)
+            latest[i] = (h, s)
+    ids = sorted(i for i in latest if i not in exclude_ids)
+    sigs = np.zeros((len(ids), num_perm), dtype=np.uint32)
+    for row, i in enumerate(ids):
+        if len(latest[i][1]) == num_perm:  # segments written with near-dedup off hold no signature
+            sigs[row] = latest[i][1]
+    return ids, [latest[i][0] for i in ids], sigs
 
 
 def write_index_segment(index: Path, name: str, ids, hashes, sigs) -> None:

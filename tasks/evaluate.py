@@ -24,7 +24,7 @@ import yaml
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.data import open_tokens
+from model.data import doc_index, live_tokens, open_tokens, split_shards
 from model.llama import Llama, ModelConfig
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.scores import bits_per_byte, classification_scores, unigram_bpb, xz_baselines
@@ -74,23 +74,20 @@ def load_lm(run: str | Path, weights: str = "final") -> Llama:
     return model.eval()
 
 
-def shard_files(shards: str | Path, split: str) -> list[Path]:
-    return sorted(p for p in (Path(shards) / split).glob("part-*.arrow") if not p.name.endswith(".docs.arrow"))
-
-
 def split_tokens(shards: str | Path, split: str) -> np.ndarray:
-    parts = [open_tokens(f) for f in shard_files(shards, split)]
+    parts = [live_tokens(f, retired) for f, retired in split_shards(shards, split)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
 def split_docs(shards: str | Path, split: str, sp) -> list[str]:
     """The split's documents, decoded from the shards in stream order."""
     docs = []
-    for f in shard_files(shards, split):
+    for f, retired in split_shards(shards, split):
         tokens = open_tokens(f)
-        table = pa.ipc.open_file(pa.memory_map(str(f.with_suffix(".docs.arrow")), "r")).read_all()
-        for start, length in zip(table.column("start").to_pylist(), table.column("length").to_pylist()):
-            docs.append(sp.decode(tokens[start : start + length].tolist()))
+        table = doc_index(f)
+        for doc, start, length in zip(table.column("doc_id").to_pylist(), table.column("start").to_pylist(), table.column("length").to_pylist()):
+            if doc not in retired:
+                docs.append(sp.decode(tokens[start : start + length].tolist()))
     return docs
 
 

@@ -278,15 +278,15 @@ def warc_files(raw: list[str]) -> list[Path]:
 
 def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress = no_progress) -> dict:
     files = warc_files(inputs)
-    if not files:
-        raise ValueError("extract: the raw datasets hold no WARC file")
+    if not files and not all(load_manifest(ds).stage == "recrawl" for ds in inputs):
+        raise ValueError("extract: the raw datasets hold no WARC file")  # a refresh that found no change has none
     (out / "docs").mkdir()
     (out / "quarantine").mkdir()
     jobs = [
         (str(f), cfg, str(out / "docs" / f"part-{i:05d}.parquet"), str(out / "quarantine" / f"part-{i:05d}.parquet"))
         for i, f in enumerate(files)
     ]
-    results = map_shards(_work, jobs, cfg.workers, ["tasks.extract", "trafilatura", "warcio"], progress)
+    results = map_shards(_work, jobs, cfg.workers, ["tasks.extract", "trafilatura", "warcio"], progress) if jobs else []
     reasons: dict[str, int] = {}
     for qf in sorted((out / "quarantine").glob("*.parquet")):
         for r in pq.read_table(qf, columns=["reason"]).column("reason").to_pylist():

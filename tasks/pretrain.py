@@ -61,14 +61,21 @@ def pretrain(inputs: list[str], cfg: PretrainConfig, out: Path, progress: Progre
     from model.launch import run_training
     from model.train import RunSpec
 
-    shards, tok = inputs
+    shards, tok, *earlier = inputs  # earlier: a pretrain run to continue from (a data refresh)
     tok_stats = load_manifest(tok).stats
     shard_stats = load_manifest(shards).stats
     if shard_stats["vocab_size"] != tok_stats["vocab_size"]:
         raise ValueError("pretrain: the token shards were not made with this tokenizer")
     model_cfg = cfg.model.model_copy(update={"vocab_size": tok_stats["vocab_size"]})
     val_tokens, val_bytes = shard_stats["tokens"]["val"], shard_stats["bytes"]["val"]
+    init_from = ""
+    if earlier:
+        before = load_manifest(earlier[0])
+        if before.stage != "pretrain" or ModelConfig.model_validate(before.stats["model"]) != ModelConfig.model_validate(model_cfg.model_dump()):
+            raise ValueError(f"pretrain: {earlier[0]} is not a run of this model config; continued pretraining needs the same model")
+        init_from = str(Path(earlier[0]) / "final" / "model.safetensors")
     spec = RunSpec(
+        init_from=init_from,
         model=ModelConfig.model_validate(model_cfg.model_dump()),
         train=cfg.train,
         shards=str(shards),

@@ -3,7 +3,8 @@
 Each shard is a pair of uncompressed Arrow IPC files, so it memory-maps:
   part-NNNNN.arrow       one flat `tokens` column (uint16 when the vocabulary fits, else
                          uint32), every document followed by </s>
-  part-NNNNN.docs.arrow  doc_id, start, length: where each document's tokens lie
+  part-NNNNN.docs.arrow  doc_id, start, length, bytes: where each document's tokens lie
+                         and how many UTF-8 bytes of text they stand for
 The split is by a hash of the document id, so a document keeps its split as the corpus grows.
 """
 
@@ -25,7 +26,7 @@ from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
 from tasks.train_tokenizer import EOS, MODEL_FILE
 
-VERSION = 1
+VERSION = 2
 SPLITS = ("train", "val")
 
 
@@ -54,7 +55,7 @@ def tokenizer_path(dataset: str) -> Path:
     return Path(dataset) / MODEL_FILE
 
 
-def encode_shard(sp, src: Path, index: int, out: Path, cfg: TokenizeConfig, threads: int) -> dict:
+def encode_shard(sp, src: Path, index: int, out: Path, cfg: TokenizeConfig, threads: int, prefix: str = "") -> dict:
     t = pq.read_table(src, columns=["id", "text"])
     ids, texts = t.column("id").to_pylist(), t.column("text").to_pylist()
     encoded = sp.encode(texts, num_threads=threads) if texts else []
@@ -67,52 +68,68 @@ def encode_shard(sp, src: Path, index: int, out: Path, cfg: TokenizeConfig, thre
         flat = np.full(int(lengths.sum() + len(rows)), EOS, dtype=dtype.to_pandas_dtype())
         for i, s, n in zip(rows, starts, lengths):
             flat[s : s + n] = encoded[i]
-        name = f"part-{index:05d}"
+        name = f"{prefix}part-{index:05d}"
+        text_bytes = [len(texts[i].encode("utf-8")) for i in rows]
         write_ipc(out / split / f"{name}.arrow", pa.table({"tokens": pa.array(flat, type=dtype)}))
         write_ipc(
             out / split / f"{name}.docs.arrow",
-            pa.table({"doc_id": [ids[i] for i in rows], "start": pa.array(starts, pa.int64()), "length": pa.array(lengths, pa.int32())}),
+            pa.table({"doc_id": [ids[i] for i in rows], "start": pa.array(starts, pa.int64()),
+                      "length": pa.array(lengths, pa.int32()), "bytes": pa.array(text_bytes, pa.int64())}),
         )
         stats[split] = {
             "documents": len(rows),
             "tokens": int(len(flat)),
-            "bytes": sum(len(texts[i].encode("utf-8")) for i in rows),
+            "bytes": sum(text_bytes),
         }
     return stats
 
 
-def tokenize(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: Progress = no_progress) -> dict:
+def load_tokenizer(tok: str):
     import sentencepiece as spm
 
-    docs, tok = inputs
     if load_manifest(tok).stage != "train_tokenizer":
         raise ValueError(f"tokenize: {tok} is not a tokenizer dataset")
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path(tok)))
-    files = doc_files(docs)
+    return spm.SentencePieceProcessor(model_file=str(tokenizer_path(tok)))
+
+
+def encode_files(sp, files: list[Path], out: Path, cfg: TokenizeConfig, progress: Progress, prefix: str = "") -> dict:
+    """Encode document files into shards under out/train and out/val; totals per split."""
     for split in SPLITS:
-        (out / split).mkdir()
+        (out / split).mkdir(exist_ok=True)
     cores = cfg.threads or os.cpu_count() or 1
     workers = min(len(files), 2) or 1  # two shards in flight keep the encoder threads busy
     totals = {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
     done = 0
     with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(encode_shard, sp, f, i, out, cfg, max(1, cores // workers)) for i, f in enumerate(files)]
+        futures = [pool.submit(encode_shard, sp, f, i, out, cfg, max(1, cores // workers), prefix) for i, f in enumerate(files)]
         for fut in futures:
             for split, st in fut.result().items():
                 for k, v in st.items():
                     totals[split][k] += v
             done += 1
             progress(done, len(files))
-    if totals["train"]["documents"] == 0:
-        raise ValueError("tokenize: the corpus is empty; no document reached the train split")
+    return totals
+
+
+def split_stats(sp, totals: dict, shards: int) -> dict:
     return {
         "vocab_size": sp.get_piece_size(),
         "dtype": str(token_dtype(sp.get_piece_size())),
         "tokens": {s: totals[s]["tokens"] for s in SPLITS},
         "documents": {s: totals[s]["documents"] for s in SPLITS},
         "bytes": {s: totals[s]["bytes"] for s in SPLITS},
-        "shards": len(files),
+        "shards": shards,
     }
+
+
+def tokenize(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: Progress = no_progress) -> dict:
+    docs, tok = inputs
+    sp = load_tokenizer(tok)
+    files = doc_files(docs)
+    totals = encode_files(sp, files, out, cfg, progress)
+    if totals["train"]["documents"] == 0:
+        raise ValueError("tokenize: the corpus is empty; no document reached the train split")
+    return split_stats(sp, totals, len(files))
 
 
 @task(name="tokenize", cache_policy=STAGE_CACHE, persist_result=True, retries=1)

@@ -203,3 +203,40 @@ def test_killed_crawl_resumes_without_refetching(tmp_path):
         fresh = tmp_path / "fresh"
         crawl([], config, fresh)
         assert resumed == set(stored(fresh)) and len(resumed) == CHAIN + 1
+
+
+def test_recrawl_uses_last_modified_and_spots_servers_that_ignore_validators(tmp_path):
+    """If-Modified-Since where a server gives no ETag; a server that ignores validators and resends
+    the same bytes costs a request but stores nothing; a page that now answers 410 is gone."""
+    from tasks.recrawl import RecrawlConfig, changed_urls, recrawl
+    from tasks.stage import run_stage
+
+    stamp = "Sat, 28 Nov 2026 10:00:00 GMT"
+    seen: dict[str, dict] = {}
+
+    def dated(handler):
+        seen["/dated"] = dict(handler.headers)
+        if handler.headers.get("If-Modified-Since") == stamp:
+            return 304, {"Content-Length": "0"}, b""
+        status, headers, body = html("a page that has a date but no etag")
+        return status, {**headers, "Last-Modified": stamp}, body
+
+    def careless(handler):
+        seen["/careless"] = dict(handler.headers)
+        status, headers, body = html("a page whose server ignores conditional requests")
+        return status, {**headers, "ETag": '"v1"'}, body
+
+    pages = {"/": html("home", ["/dated", "/careless", "/doomed"]), "/dated": dated, "/careless": careless,
+             "/doomed": html("a page about to be removed")}
+    with Site(pages) as site:
+        first = run_stage("crawl", 1, crawl, [], cfg(site), tmp_path)
+        assert outcomes(first)[site.url + "/dated"]["last_modified"] == stamp
+        pages["/doomed"] = (410, {"Content-Type": "text/html"}, b"gone")
+        again = run_stage("recrawl", 1, recrawl, [str(first)], RecrawlConfig(crawl=cfg(site), at="t1"), tmp_path)
+    assert seen["/dated"]["If-Modified-Since"] == stamp and "If-None-Match" not in seen["/dated"]
+    assert seen["/careless"]["If-None-Match"] == '"v1"'
+    state = outcomes(again)
+    assert state[site.url + "/dated"]["reason"] == "304"
+    assert state[site.url + "/careless"]["reason"] == "same_digest"
+    assert stored(again) == {}  # nothing changed, so nothing stored
+    assert [(c["url"], c["change"]) for c in changed_urls(str(again))] == [(site.url + "/doomed", "gone")]

@@ -24,7 +24,7 @@ from tests.helpers import compose_config, python_doc_site_pages, write_warc
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
-FLOWS = {"data", "pretrain", "finetune", "evaluate", "pipeline"}
+FLOWS = {"data", "data-refresh", "pretrain", "finetune", "evaluate", "pipeline"}
 
 
 def free_port() -> int:
@@ -226,8 +226,12 @@ def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database):
             assert {"crawl", "pretrain", "finetune", "evaluate"} <= set(definitions["LlmillConfig"]["properties"])
             assert pipeline["parameters"]["config"]["pretrain"]["model"]["preset"] == "test-tiny"
             assert "training" in found["pretrain"]["tags"] and "training" not in found["data"]["tags"]
+            (schedule,) = found["data-refresh"]["schedules"]  # daily, paused until a person enables it
+            assert schedule["schedule"]["cron"] == "0 3 * * *" and schedule["active"] is False
 
             run = run_to_completion(http, api, pipeline["id"], serve_log, 420)
+            # minutes later the server's scheduler has still made no refresh run: the schedule is paused
+            assert http.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [found["data-refresh"]["id"]]}}}).json() == []
             artifacts = http.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["evaluation-report", "evaluation-headline"]}}}).json()
             assert {a["key"] for a in artifacts} == {"evaluation-report", "evaluation-headline"}
             report = next(a for a in artifacts if a["key"] == "evaluation-report")

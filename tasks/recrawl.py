@@ -1,0 +1,81 @@
+"""recrawl: fetch again what an earlier crawl (or recrawl) stored, with conditional requests.
+
+Unchanged pages answer 304 (or, from servers that ignore validators, the same bytes) and are
+not stored again; changed and newly linked pages go to this dataset's WARC files; pages that
+now answer 404/410 are marked gone. `changes.parquet` lists every URL whose document must be
+added, replaced or retired, so the stages after it work on those pages only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.crawl import KEPT, Crawler, CrawlConfig, _served_seeds
+from tasks.extract import doc_id
+from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.stage import Progress, load_manifest, no_progress
+
+VERSION = 1
+GONE = ("failed:http_404", "failed:http_410")
+CHANGES_SCHEMA = pa.schema([("url", pa.string()), ("doc_id", pa.string()), ("change", pa.string())])
+
+
+class RecrawlConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    crawl: CrawlConfig
+    at: str = Field(description="when this refresh was scheduled (ISO 8601); each refresh is its own dataset")
+
+
+def previous_state(raw: str) -> dict:
+    m = load_manifest(raw)
+    if m.stage not in ("crawl", "recrawl"):
+        raise ValueError(f"recrawl: {raw} is a {m.stage} dataset; a refresh starts from a crawl")
+    return json.loads((Path(raw) / "state.json").read_text())
+
+
+def classify(previous: dict[str, dict], now: dict[str, dict]) -> list[dict]:
+    """URLs settled in this crawl whose documents change: new, changed, or gone."""
+    rows = []
+    for url, e in sorted(now.items()):
+        before = previous.get(url, {}).get("outcome") in KEPT
+        if e["outcome"] == "page":
+            rows.append({"url": url, "doc_id": doc_id(url), "change": "changed" if before else "new"})
+        elif before and f"{e['outcome']}:{e.get('reason', '')}" in GONE:
+            rows.append({"url": url, "doc_id": doc_id(url), "change": "gone"})
+    return rows
+
+
+def recrawl(inputs: list[str], cfg: RecrawlConfig, out: Path, progress: Progress = no_progress) -> dict:
+    (raw,) = inputs
+    state = previous_state(raw)
+    port_file = Path(raw) / "state" / "pydoc_port"
+    if port_file.exists():  # builtin:pydoc serves again where the earlier crawl found it
+        (out / "state").mkdir(parents=True, exist_ok=True)
+        (out / "state" / "pydoc_port").write_text(port_file.read_text())
+    with _served_seeds(cfg.crawl, out) as seeds:
+        crawler = Crawler(cfg.crawl, seeds, out, progress, previous=state)
+        try:
+            asyncio.run(crawler.run())
+        finally:
+            stats = crawler.close()
+    changes = classify(state["urls"], crawler.done)
+    pq.write_table(pa.Table.from_pylist(changes, CHANGES_SCHEMA), out / "changes.parquet")
+    counts = {kind: sum(1 for c in changes if c["change"] == kind) for kind in ("new", "changed", "gone")}
+    unchanged = sum(1 for e in crawler.done.values() if e["outcome"] == "not_modified")
+    return {**stats, "changes": counts, "unchanged": unchanged, "previous": Path(raw).name, "at": cfg.at}
+
+
+def changed_urls(raw: str) -> list[dict]:
+    return pq.read_table(Path(raw) / "changes.parquet").to_pylist()
+
+
+@task(name="recrawl", cache_policy=STAGE_CACHE, persist_result=True, retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.5)
+def recrawl_task(inputs: list[str], cfg: RecrawlConfig, root: str) -> str:
+    return prefect_stage("recrawl", VERSION, recrawl, inputs, cfg, root, resumable=True)
