@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -55,32 +56,50 @@ def tokenizer_path(dataset: str) -> Path:
     return Path(dataset) / MODEL_FILE
 
 
+CHUNK_DOCS = 256  # documents per encode call: small enough to overlap, large enough to keep threads busy
+
+
+def flatten(encoded: list[list[int]], dtype) -> np.ndarray:
+    """Documents' ids, each followed by </s>, as one flat array (C-level iteration, no slices)."""
+    total = sum(map(len, encoded)) + len(encoded)
+    return np.fromiter(chain.from_iterable(chain(e, (EOS,)) for e in encoded), dtype=dtype, count=total)
+
+
 def encode_shard(sp, src: Path, index: int, out: Path, cfg: TokenizeConfig, threads: int, prefix: str = "") -> dict:
     t = pq.read_table(src, columns=["id", "text"])
     ids, texts = t.column("id").to_pylist(), t.column("text").to_pylist()
-    encoded = sp.encode(texts, num_threads=threads) if texts else []
     dtype = token_dtype(sp.get_piece_size())
+    split = [split_of(d, cfg) for d in ids]
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    docs: dict[str, list[tuple[str, int, int]]] = {s: [] for s in SPLITS}  # (doc id, tokens, text bytes)
+    chunks = [range(i, min(i + CHUNK_DOCS, len(ids))) for i in range(0, len(ids), CHUNK_DOCS)]
+    # sentencepiece releases the GIL while it encodes, so the next chunk encodes while this one is flattened
+    with ThreadPoolExecutor(1) as encoder:
+        def submit(rows: range):
+            return encoder.submit(sp.encode, [texts[i] for i in rows], num_threads=threads)
+
+        pending = submit(chunks[0]) if chunks else None
+        for k, rows in enumerate(chunks):
+            encoded = pending.result()
+            if k + 1 < len(chunks):
+                pending = submit(chunks[k + 1])
+            for s in SPLITS:
+                mine = [(i, e) for i, e in zip(rows, encoded) if split[i] == s]
+                parts[s].append(flatten([e for _, e in mine], dtype.to_pandas_dtype()))
+                docs[s] += [(ids[i], len(e), len(texts[i].encode("utf-8"))) for i, e in mine]
     stats = {}
-    for split in SPLITS:
-        rows = [i for i, d in enumerate(ids) if split_of(d, cfg) == split]
-        lengths = np.array([len(encoded[i]) for i in rows], dtype=np.int64)
-        starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1])) if len(rows) else np.zeros(0, np.int64)
-        flat = np.full(int(lengths.sum() + len(rows)), EOS, dtype=dtype.to_pandas_dtype())
-        for i, s, n in zip(rows, starts, lengths):
-            flat[s : s + n] = encoded[i]
+    for s in SPLITS:
+        flat = np.concatenate(parts[s]) if parts[s] else np.zeros(0, dtype.to_pandas_dtype())
+        lengths = np.array([n for _, n, _ in docs[s]], dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1])) if len(lengths) else np.zeros(0, np.int64)
         name = f"{prefix}part-{index:05d}"
-        text_bytes = [len(texts[i].encode("utf-8")) for i in rows]
-        write_ipc(out / split / f"{name}.arrow", pa.table({"tokens": pa.array(flat, type=dtype)}))
+        write_ipc(out / s / f"{name}.arrow", pa.table({"tokens": pa.array(flat, type=dtype)}))
         write_ipc(
-            out / split / f"{name}.docs.arrow",
-            pa.table({"doc_id": [ids[i] for i in rows], "start": pa.array(starts, pa.int64()),
-                      "length": pa.array(lengths, pa.int32()), "bytes": pa.array(text_bytes, pa.int64())}),
+            out / s / f"{name}.docs.arrow",
+            pa.table({"doc_id": pa.array([d for d, _, _ in docs[s]], pa.string()), "start": pa.array(starts, pa.int64()),
+                      "length": pa.array(lengths, pa.int32()), "bytes": pa.array([b for _, _, b in docs[s]], pa.int64())}),
         )
-        stats[split] = {
-            "documents": len(rows),
-            "tokens": int(len(flat)),
-            "bytes": sum(text_bytes),
-        }
+        stats[s] = {"documents": len(lengths), "tokens": int(len(flat)), "bytes": sum(b for _, _, b in docs[s])}
     return stats
 
 
