@@ -2,7 +2,7 @@
 the Prefect UI's run form shows its fields, with the config file's values as defaults.
 
 Two ways to run them: `llmill serve` (this process serves them all: `prefect.serve`, no worker)
-and a process work pool with a worker (`prefect.yaml`, how docker-compose runs them).
+and a process work pool with a worker (`llmill deploy`, how docker-compose runs them).
 Trainings take a slot of the `llmill-accelerator` global concurrency limit (1 by default),
 so two never share a machine's accelerator by accident.
 """
