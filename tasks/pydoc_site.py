@@ -42,7 +42,12 @@ def module_allowed(name: str) -> bool:
 def _serve(port: int) -> None:  # runs in the server process
     import http.server
     import pydoc
+    import threading
     from urllib.parse import parse_qs, urlsplit
+
+    # pydoc renders a page by (re)importing its module, dropping it from sys.modules first; two
+    # threads doing that at once see half-initialized modules and report import errors at random
+    render = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):  # keep the crawl's terminal readable
@@ -71,7 +76,8 @@ def _serve(port: int) -> None:  # runs in the server process
             if name is not None and not module_allowed(name):
                 return self._send(404, "<html><body><h1>404 Not Found</h1></body></html>")
             try:
-                page = pydoc._url_handler(self.path, "text/html")
+                with render:
+                    page = pydoc._url_handler(self.path, "text/html")
             except Exception as e:  # a module that fails to import: report, keep serving
                 return self._send(500, f"<html><body>{type(e).__name__}</body></html>")
             if "no Python documentation found" in page or "ErrorDuringImport" in page:
