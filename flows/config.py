@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.clean import CleanConfig
 from tasks.crawl import CrawlConfig
@@ -32,6 +32,19 @@ class RefreshConfig(BaseModel):
     continue_pretraining: bool = Field(False, description="continue pretraining from the latest run after a refresh")
     min_new_tokens: int = Field(100_000, ge=1, description="tokens a refresh must add to trigger continued pretraining")
     continue_steps: int = Field(0, ge=0, description="steps of continued pretraining; 0 = pretrain.train.steps")
+
+    @field_validator("cron", "timezone")
+    @classmethod
+    def _schedule_is_valid(cls, value: str, info):
+        """Prefect's own check of a cron string or time zone, at load time rather than at deploy."""
+        from prefect.client.schemas.schedules import CronSchedule
+
+        probe = {"cron": "* * * * *", "timezone": "UTC", info.field_name: value}
+        try:
+            CronSchedule(**probe)
+        except ValidationError as e:
+            raise ValueError("; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from None
+        return value
 
 
 class LlmillConfig(BaseModel):

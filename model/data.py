@@ -72,15 +72,20 @@ def doc_index(tokens_file: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(tokens_file.with_suffix(".docs.arrow")), "r")).read_all()
 
 
+def live_documents(tokens_file: Path, retired: frozenset[str] = frozenset()) -> list[tuple[str, int, int]]:
+    """(doc id, start, length) of a shard's documents that no later version retired."""
+    index = doc_index(tokens_file)
+    rows = zip(index.column("doc_id").to_pylist(), index.column("start").to_pylist(), index.column("length").to_pylist())
+    return [r for r in rows if r[0] not in retired]
+
+
 def live_tokens(tokens_file: Path, retired: frozenset[str] = frozenset()) -> np.ndarray:
     """A shard's tokens without its retired documents: memory-mapped when none is retired."""
     tokens = open_tokens(tokens_file)
     if not retired:
         return tokens
-    index = doc_index(tokens_file)
-    spans = [(s, s + n + 1) for d, s, n in zip(index.column("doc_id").to_pylist(), index.column("start").to_pylist(),
-                                              index.column("length").to_pylist()) if d not in retired]
-    return np.concatenate([tokens[a:b] for a, b in spans]) if spans else tokens[:0]
+    spans = [tokens[s : s + n + 1] for _, s, n in live_documents(tokens_file, retired)]  # each with its </s>
+    return np.concatenate(spans) if spans else tokens[:0]
 
 
 class TokenWindows:

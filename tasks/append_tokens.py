@@ -51,12 +51,12 @@ def root_relative(path: Path, root: Path) -> str:
     return path.resolve().relative_to(root.resolve()).as_posix()
 
 
-def retire(previous: str, root: Path, change_of: dict[str, str], version: int) -> list[dict]:
+def retire(shards: dict[str, list[tuple[Path, frozenset[str]]]], root: Path, change_of: dict[str, str], version: int) -> list[dict]:
     """The live ranges, in the previous version's shards, of documents the refresh replaces or
     found gone. Reads the shards' small document indexes, never their tokens."""
     rows = []
     for split in SPLITS:
-        for shard, retired in split_shards(previous, split):
+        for shard, retired in shards[split]:
             index = doc_index(shard)
             for doc, length, size in zip(index.column("doc_id").to_pylist(), index.column("length").to_pylist(),
                                          index.column("bytes").to_pylist()):
@@ -74,15 +74,16 @@ def append_tokens(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: P
     root = out.parent.parent
     version = version_of(before) + 1
     change_of = {c["doc_id"]: c["change"] for c in changed_urls(raw)}
-    retired_now = retire(previous, root, change_of, version)
+    earlier = {split: split_shards(previous, split) for split in SPLITS}
+    retired_now = retire(earlier, root, change_of, version)
 
     sp = load_tokenizer(tok)
+    tokenizer = load_manifest(tok).digest
     added = encode_files(sp, doc_files(docs), out, cfg, progress, prefix=f"v{version:04d}-")
     final = out.with_name(out.name.removesuffix(".partial"))
     own = {split: [root_relative(final / split / f.name, root) for f in sorted((out / split).glob("*.arrow"))
                    if not f.name.endswith(".docs.arrow") and doc_index(f).num_rows]
            for split in SPLITS}
-    earlier = {split: [root_relative(f, root) for f, _ in split_shards(previous, split)] for split in SPLITS}
     retired_before = (pq.read_table(Path(previous) / "retired.parquet").to_pylist()
                       if (Path(previous) / "retired.parquet").exists() else [])
     pq.write_table(pa.Table.from_pylist(retired_before + retired_now, RETIRED_SCHEMA), out / "retired.parquet")
@@ -93,13 +94,13 @@ def append_tokens(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: P
         stats["tokens"][split] = before.stats["tokens"][split] + added[split]["tokens"] - sum(r["tokens"] for r in gone)
         stats["documents"][split] = before.stats["documents"][split] + added[split]["documents"] - len(gone)
         stats["bytes"][split] = before.stats["bytes"][split] + added[split]["bytes"] - sum(r["bytes"] for r in gone)
-    shard_files = {split: earlier[split] + own[split] for split in SPLITS}
+    shard_files = {split: [root_relative(f, root) for f, _ in earlier[split]] + own[split] for split in SPLITS}
     return {
         **stats,
         "shards": sum(len(v) for v in shard_files.values()),
         "version": version,
         "previous": root_relative(Path(previous), root),
-        "tokenizer": load_manifest(tok).digest,
+        "tokenizer": tokenizer,
         "added": {"documents": sum(a["documents"] for a in added.values()), "tokens": sum(a["tokens"] for a in added.values())},
         "retired": {"documents": len(retired_now), "tokens": sum(r["tokens"] for r in retired_now),
                     "by_reason": {k: sum(1 for r in retired_now if r["reason"] == k) for k in ("changed", "gone", "new")}},

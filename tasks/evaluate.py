@@ -24,7 +24,7 @@ import yaml
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.data import doc_index, live_tokens, open_tokens, split_shards
+from model.data import live_documents, live_tokens, open_tokens, split_shards
 from model.llama import Llama, ModelConfig
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.scores import bits_per_byte, classification_scores, unigram_bpb, xz_baselines
@@ -84,10 +84,7 @@ def split_docs(shards: str | Path, split: str, sp) -> list[str]:
     docs = []
     for f, retired in split_shards(shards, split):
         tokens = open_tokens(f)
-        table = doc_index(f)
-        for doc, start, length in zip(table.column("doc_id").to_pylist(), table.column("start").to_pylist(), table.column("length").to_pylist()):
-            if doc not in retired:
-                docs.append(sp.decode(tokens[start : start + length].tolist()))
+        docs += [sp.decode(tokens[start : start + length].tolist()) for _, start, length in live_documents(f, retired)]
     return docs
 
 

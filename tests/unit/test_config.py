@@ -26,6 +26,8 @@ def test_demo_config_loads_with_overrides():
         ("extract.backend=lynx", "config key 'extract.backend'"),
         ("dedup.bands=20", "bands x rows"),
         ("nonsense", "expected key=value"),
+        ("refresh.cron=nope", "config key 'refresh.cron': Value error, Invalid cron string"),
+        ("refresh.timezone=Mars/Base", "config key 'refresh.timezone': Value error, Invalid timezone"),
     ],
 )
 def test_bad_keys_and_values_are_named(override, message):
