@@ -1,7 +1,8 @@
 """A Llama-style decoder on one screen: RMSNorm, rotary positions, SwiGLU, causal SDPA.
 
 Weights map one-to-one onto transformers' LlamaForCausalLM (same RoPE convention,
-rotate-half), so export is a renaming (model/export.py).
+rotate-half), so export is a renaming (model/export.py). RMSNorm, RoPE, SwiGLU and the
+head + loss run as hand-fused autograd functions (model/fused.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.checkpoint import checkpoint
+
+from model.fused import linear_cross_entropy, rms_norm, rope, swiglu
 
 PRESETS: dict[str, dict] = {
     "test-tiny": dict(n_layer=2, n_head=2, n_kv_head=2, d_model=64, d_ff=192, max_seq_len=128),
@@ -66,8 +69,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,12 +77,6 @@ def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tens
     freqs = torch.outer(torch.arange(cfg.max_seq_len, device=device).float(), inv)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
-
-
-def apply_rope(x, cos, sin):
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -98,7 +94,7 @@ class Attention(nn.Module):
         q = self.q(x).view(b, t, c.n_head, c.head_dim).transpose(1, 2)
         k = self.k(x).view(b, t, c.n_kv_head, c.head_dim).transpose(1, 2)
         v = self.v(x).view(b, t, c.n_kv_head, c.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=c.attention_dropout if self.training else 0.0, enable_gqa=c.n_kv_head != c.n_head
         )
@@ -113,7 +109,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
 
     def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(swiglu(self.gate(x), self.up(x)))
 
 
 class Block(nn.Module):
@@ -167,11 +163,12 @@ class Llama(nn.Module):
         return self.norm(x)
 
     def forward(self, idx, targets=None, ignore_index: int = -100):
-        logits = self.lm_head(self.hidden(idx))
+        """(logits, None) without targets; (None, mean cross-entropy) with them: the loss is
+        fused with the LM head (model/fused.py), so the full logits are never formed."""
+        h = self.hidden(idx)
         if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
-        return logits, loss
+            return self.lm_head(h), None
+        return None, linear_cross_entropy(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1), ignore_index)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

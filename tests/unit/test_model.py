@@ -1,6 +1,11 @@
+import contextlib
+
+import pytest
 import torch
+import torch.nn.functional as F
 
 from model.config import TrainConfig
+from model.fused import linear_cross_entropy, rms_norm, rope, swiglu
 from model.llama import Llama, ModelConfig, load_word_vectors, param_groups
 from model.train import lr_at
 
@@ -11,8 +16,11 @@ def tiny(**kw) -> ModelConfig:
 
 def test_shapes_presets_and_tied_embeddings():
     m = Llama(tiny())
-    logits, loss = m(torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16)))
-    assert logits.shape == (2, 16, 97) and loss.ndim == 0
+    x = torch.randint(0, 97, (2, 16))
+    logits, none = m(x)
+    assert logits.shape == (2, 16, 97) and none is None
+    no_logits, loss = m(x, torch.randint(0, 97, (2, 16)))
+    assert no_logits is None and loss.ndim == 0  # the loss is fused with the head
     assert m.lm_head.weight is m.embed.weight
     assert not Llama(tiny(tie_embeddings=False)).lm_head.weight is Llama(tiny()).embed.weight
     small = ModelConfig(preset="gpt2-small", vocab_size=50304)
@@ -74,3 +82,81 @@ def test_generate_with_sampling_controls():
     assert out.shape == (1, 8)
     greedy = m.generate(torch.tensor([[2, 5]]), 6, temperature=0)
     assert torch.equal(greedy, m.generate(torch.tensor([[2, 5]]), 6, temperature=0))
+
+
+def plain_rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def plain_rms_norm(x, weight, eps):
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+def grads_of(fn, *tensors):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    out.backward(torch.ones_like(out) if out.ndim == 0 else torch.linspace(-1, 1, out.numel()).view_as(out).to(out.dtype))
+    return out.detach(), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_ops_equal_the_plain_expressions(precision):
+    """Values and gradients of model/fused.py against the unfused formulas: in fp32 to
+    rounding, under bf16 autocast to bf16's resolution."""
+    torch.manual_seed(0)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    atol = 1e-5 if precision == "fp32" else 2e-2
+    x = torch.randn(3, 20, 2, 16).transpose(1, 2)  # (batch, head, time, dim) view, as in Attention
+    cos, sin = torch.randn(20, 16), torch.randn(20, 16)
+    h, w = torch.randn(50, 24), torch.randn(37, 24) * 0.3
+    targets = torch.randint(0, 37, (50,))
+    targets[[0, 7, 8, 49]] = -100  # ignored rows
+    cases = {
+        "rope": (lambda a: rope(a, cos, sin), lambda a: plain_rope(a, cos, sin), (x,)),
+        "rms_norm": (lambda a, b: rms_norm(a, b, 1e-5), lambda a, b: plain_rms_norm(a, b, 1e-5), (x, torch.randn(16))),
+        "swiglu": (swiglu, lambda a, b: F.silu(a) * b, (torch.randn(4, 9, 12) * 3, torch.randn(4, 9, 12))),
+        # chunk 16 does not divide 50 rows: the last chunk is short
+        "linear_cross_entropy": (
+            lambda a, b: linear_cross_entropy(a, b, targets, chunk=16),
+            lambda a, b: F.cross_entropy(F.linear(a, b).float(), targets),
+            (h, w),
+        ),
+    }
+    for name, (fused, plain, inputs) in cases.items():
+        with ctx:
+            got, got_grads = grads_of(fused, *inputs)
+            want, want_grads = grads_of(plain, *inputs)
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        assert torch.allclose(got.float(), want.float(), atol=atol), name
+        for g, r in zip(got_grads, want_grads):
+            assert g.dtype == r.dtype and torch.allclose(g, r, atol=atol, rtol=atol), name
+
+
+def test_fused_loss_without_gradients_and_with_all_rows_ignored():
+    h, w = torch.randn(10, 8), torch.randn(11, 8)
+    t = torch.randint(0, 11, (10,))
+    with torch.no_grad():
+        assert torch.allclose(linear_cross_entropy(h, w, t), F.cross_entropy(h @ w.T, t))
+    none = torch.full((10,), -100)
+    h.requires_grad_()
+    loss = linear_cross_entropy(h, w, none)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(h.grad.abs().max()) == 0.0
+
+
+def test_model_loss_and_gradients_equal_the_unfused_head():
+    """Tied embeddings receive the head's gradient through the fused loss as they would
+    through F.linear + F.cross_entropy."""
+    torch.manual_seed(0)
+    m = Llama(tiny())
+    x = torch.randint(0, 97, (2, 24))
+    y = torch.roll(x, -1, 1)
+    y[0, :5] = -100
+    m(x, y, ignore_index=-100)[1].backward()
+    fused = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    F.cross_entropy(m(x)[0].view(-1, 97), y.view(-1)).backward()
+    for n, p in m.named_parameters():
+        assert torch.allclose(p.grad, fused[n], atol=1e-6), n

@@ -1,0 +1,152 @@
+"""Hand-fused autograd functions for the eager hot spots of model/llama.py.
+
+In eager PyTorch each elementwise op is its own pass over memory, and autograd saves and
+replays every intermediate. These three functions do the same math in fewer passes, with
+backward written out, so an uncompiled step spends its time in matmuls:
+
+- `linear_cross_entropy`: the LM head and the loss in row chunks. The full (tokens x vocab)
+  logits are never stored: each chunk's gradient, softmax minus one-hot, is formed in place
+  and multiplied straight into the head's and the hidden states' gradients, in forward.
+- `rope`: rotate-half RoPE in two passes, saving only the cos/sin tables.
+- `rms_norm`: one reduction for the scale; backward from the saved normalized input.
+
+Each matches the plain expression to float rounding (tests/unit/test_model.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, targets, ignore_index: int, chunk: int):
+        dtype = _compute_dtype(h)  # matmuls in the autocast dtype, softmax in fp32
+        with torch.autocast(h.device.type, enabled=False):
+            hs, w = h.to(dtype), weight.to(dtype)
+            valid = targets != ignore_index
+            scale = 1.0 / valid.sum().clamp(min=1).float()
+            grad_h = torch.empty(h.shape, dtype=dtype, device=h.device) if ctx.needs_input_grad[0] else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            rows = min(chunk, h.shape[0])  # chunk buffers, reused: fresh large tensors cost page faults on CPU
+            logits = torch.empty((rows, w.shape[0]), dtype=dtype, device=h.device)
+            logp = torch.empty((rows, w.shape[0]), dtype=torch.float32, device=h.device)
+            g_low = logits if dtype != torch.float32 else None
+            for s in range(0, h.shape[0], chunk):
+                n = min(chunk, h.shape[0] - s)
+                v = valid[s : s + n]
+                t = targets[s : s + n].masked_fill(~v, 0)
+                torch.mm(hs[s : s + n], w.T, out=logits[:n])
+                torch.log_softmax(logits[:n], -1, dtype=torch.float32, out=logp[:n])
+                total -= (logp[:n].gather(1, t[:, None]).squeeze(1) * v).sum()
+                if grad_h is None and grad_w is None:
+                    continue
+                g = logp[:n].exp_()  # softmax, then minus one-hot: d(token NLL)/d(logits)
+                g.scatter_add_(1, t[:, None], torch.full((n, 1), -1.0, device=g.device))
+                if g_low is not None:
+                    g = g_low[:n].copy_(g)
+                keep = v[:, None].to(dtype)  # ignored rows: zeroed on the narrow side of each matmul
+                if grad_h is not None:
+                    torch.mul(g @ w, keep, out=grad_h[s : s + n])
+                if grad_w is not None:
+                    hk = hs[s : s + n] * keep
+                    grad_w.addmm_(g.T, hk) if dtype == torch.float32 else grad_w.add_(g.T @ hk)
+        ctx.save_for_backward(grad_h, grad_w, scale)
+        ctx.dtypes = (h.dtype, weight.dtype)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, scale = ctx.saved_tensors
+        k = grad_out * scale
+        return (
+            None if grad_h is None else (grad_h.float() * k).to(ctx.dtypes[0]),
+            None if grad_w is None else (grad_w * k).to(ctx.dtypes[1]),
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk: int = 256) -> torch.Tensor:
+    """Mean cross-entropy of `h @ weight.T` against `targets` over the rows not equal to
+    ignore_index; h is (rows, d). Equals F.cross_entropy(F.linear(h, weight).float(), targets)."""
+    return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk)
+
+
+class _Rope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        half = x.shape[-1] // 2
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        out = x * cos
+        out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+        out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+        ctx.save_for_backward(cos, sin)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        cos, sin = ctx.saved_tensors
+        half = g.shape[-1] // 2  # the transpose of the rotation: the same form with -sin
+        gx = g * cos
+        gx[..., :half].addcmul_(g[..., half:], sin[..., half:])
+        gx[..., half:].addcmul_(g[..., :half], sin[..., :half], value=-1)
+        return gx, None, None
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1) (transformers' convention)."""
+    return _Rope.apply(x, cos, sin)
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
+        x32 = x.float()
+        rstd = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        xhat = x32 * rstd
+        ctx.save_for_backward(xhat, weight, rstd)
+        ctx.x_dtype = x.dtype
+        return xhat.to(x.dtype) * weight
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, weight, rstd = ctx.saved_tensors
+        gw = (g.float() * xhat).sum(tuple(range(g.ndim - 1))).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        gxhat = (g * weight).float()
+        dot = (gxhat * xhat).mean(-1, keepdim=True)
+        gx = torch.addcmul(gxhat, xhat, dot, value=-1).mul_(rstd).to(ctx.x_dtype)
+        return gx, gw, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """(x / rms(x)) in fp32, cast back to x's dtype, times weight (transformers' LlamaRMSNorm)."""
+    return _RMSNorm.apply(x, weight, eps)
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return torch.nn.functional.silu(gate).mul_(up)
+
+    @staticmethod
+    def backward(ctx, dy):
+        gate, up = ctx.saved_tensors
+        d_up = torch.nn.functional.silu(gate).mul_(dy)
+        d_gate = torch.mul(dy, up)
+        torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)
+        return d_gate, d_up
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up with one fresh tensor forward and two backward (autograd's: two and three),
+    and without storing silu(gate)."""
+    return _SwiGLU.apply(gate, up)
