@@ -74,6 +74,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
+@torch.compiler.disable  # already fused by hand; traced, its unrolled chunk loop more than doubled compile time
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk: int = 256) -> torch.Tensor:
     """Mean cross-entropy of `h @ weight.T` against `targets` over the rows not equal to
     ignore_index; h is (rows, d). Equals F.cross_entropy(F.linear(h, weight).float(), targets)."""
