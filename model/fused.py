@@ -1,7 +1,7 @@
 """Hand-fused autograd functions for the eager hot spots of model/llama.py.
 
 In eager PyTorch each elementwise op is its own pass over memory, and autograd saves and
-replays every intermediate. These three functions do the same math in fewer passes, with
+replays every intermediate. These four functions do the same math in fewer passes, with
 backward written out, so an uncompiled step spends its time in matmuls:
 
 - `linear_cross_entropy`: the LM head and the loss in row chunks. The full (tokens x vocab)
@@ -9,6 +9,7 @@ backward written out, so an uncompiled step spends its time in matmuls:
   and multiplied straight into the head's and the hidden states' gradients, in forward.
 - `rope`: rotate-half RoPE in two passes, saving only the cos/sin tables.
 - `rms_norm`: one reduction for the scale; backward from the saved normalized input.
+- `swiglu`: silu(gate) * up without storing silu(gate).
 
 Each matches the plain expression to float rounding (tests/unit/test_model.py).
 """
@@ -37,7 +38,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows = min(chunk, h.shape[0])  # chunk buffers, reused: fresh large tensors cost page faults on CPU
             logits = torch.empty((rows, w.shape[0]), dtype=dtype, device=h.device)
             logp = torch.empty((rows, w.shape[0]), dtype=torch.float32, device=h.device)
-            g_low = logits if dtype != torch.float32 else None
+            g_low = logits if dtype != torch.float32 else None  # the chunk's low-precision gradient reuses the logits buffer
             for s in range(0, h.shape[0], chunk):
                 n = min(chunk, h.shape[0] - s)
                 v = valid[s : s + n]
