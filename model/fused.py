@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from model.gemm import onednn_applies, mm_t
+
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     kind = x.device.type
@@ -39,12 +41,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = torch.empty((rows, w.shape[0]), dtype=dtype, device=h.device)
             logp = torch.empty((rows, w.shape[0]), dtype=torch.float32, device=h.device)
             g_low = logits if dtype != torch.float32 else None  # the chunk's low-precision gradient reuses the logits buffer
+            onednn = onednn_applies(hs, w)  # fp32 on CPU: oneDNN's matmul, faster than MKL's here (model/gemm.py)
             for s in range(0, h.shape[0], chunk):
                 n = min(chunk, h.shape[0] - s)
                 v = valid[s : s + n]
                 t = targets[s : s + n].masked_fill(~v, 0)
-                torch.mm(hs[s : s + n], w.T, out=logits[:n])
-                torch.log_softmax(logits[:n], -1, dtype=torch.float32, out=logp[:n])
+                chunk_logits = mm_t(hs[s : s + n], w) if onednn else torch.mm(hs[s : s + n], w.T, out=logits[:n])
+                torch.log_softmax(chunk_logits, -1, dtype=torch.float32, out=logp[:n])
                 total -= (logp[:n].gather(1, t[:, None]).squeeze(1) * v).sum()
                 if grad_h is None and grad_w is None:
                     continue
@@ -54,7 +57,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     g = g_low[:n].copy_(g)
                 keep = v[:, None].to(dtype)  # ignored rows: zeroed on the narrow side of each matmul
                 if grad_h is not None:
-                    torch.mul(g @ w, keep, out=grad_h[s : s + n])
+                    torch.mul(mm_t(g, w.T) if onednn else g @ w, keep, out=grad_h[s : s + n])
                 if grad_w is not None:
                     hk = hs[s : s + n] * keep
                     grad_w.addmm_(g.T, hk) if dtype == torch.float32 else grad_w.add_(g.T @ hk)

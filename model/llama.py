@@ -2,7 +2,8 @@
 
 Weights map one-to-one onto transformers' LlamaForCausalLM (same RoPE convention,
 rotate-half), so export is a renaming (model/export.py). RMSNorm, RoPE, SwiGLU and the
-head + loss run as hand-fused autograd functions (model/fused.py).
+head + loss run as hand-fused autograd functions (model/fused.py); fp32 linear layers on CPU
+use oneDNN's matmul (model/gemm.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.checkpoint import checkpoint
 
 from model.fused import linear_cross_entropy, rms_norm, rope, swiglu
+from model.gemm import Linear
 
 PRESETS: dict[str, dict] = {
     "test-tiny": dict(n_layer=2, n_head=2, n_kv_head=2, d_model=64, d_ff=192, max_seq_len=128),
@@ -83,10 +85,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.q = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
-        self.k = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.v = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.o = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+        self.q = Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
+        self.k = Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.v = Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.o = Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
 
     def forward(self, x, cos, sin):
         b, t, _ = x.shape
@@ -104,9 +106,9 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.gate = Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up = Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down = Linear(cfg.d_ff, cfg.d_model, bias=False)
 
     def forward(self, x):
         return self.down(swiglu(self.gate(x), self.up(x)))
@@ -132,7 +134,7 @@ class Llama(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         cos, sin = rope_tables(cfg)
