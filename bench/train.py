@@ -3,7 +3,10 @@ config, same batch, same precision, in the same run; and achieved FLOP/s against
 matmul measured in the same run: of the mode's own precision, and of bf16 (the machine's
 fastest).
 
-    .venv/bin/python bench/train.py [--preset demo] [--batch 8] [--rounds 15] [--no-compile]
+    .venv/bin/python bench/train.py [--preset demo] [--batch 8] [--rounds 15]
+        [--modes fp32,bf16,fp32-compiled,bf16-compiled]
+
+Each mode runs in a fresh process.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,50 +89,64 @@ def hf_loss(model, x, y):
     return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
 
+def measure_mode(cfg: ModelConfig, batch: int, rounds: int, precision: str, compiled: bool) -> dict:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.max_seq_len))
+    y = torch.roll(x, -1, 1)
+    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    steps = {}
+    for name, build, loss in (("ours", lambda: Llama(cfg), ours_loss), ("hf", lambda: LlamaForCausalLM(hf_config(cfg)), hf_loss)):
+        torch.manual_seed(0)
+        model = build().train()
+        if compiled:
+            model = torch.compile(model)
+        steps[name] = make_step(model, loss, x, y, precision)
+    times = interleaved_times(steps, rounds, 2)
+    rates = {name: x.numel() * 2 / statistics.median(t) for name, t in times.items()}
+    speedup, low, high = paired_speedup(times["ours"], times["hf"])
+    achieved = rates["ours"] * Llama(cfg).flops_per_token()
+    return {
+        "mode": f"{precision}{' compiled' if compiled else ''}",
+        "ours_tokens_per_s": round(rates["ours"]),
+        "hf_tokens_per_s": round(rates["hf"]),
+        "ours_vs_hf": round(speedup, 3),
+        "ours_vs_hf_range": [round(low, 3), round(high, 3)],
+        "ratio_of_medians": round(rates["ours"] / rates["hf"], 3),
+        "ours_gflops": round(achieved / 1e9, 1),
+        "matmul_gflops": round(peak[precision] / 1e9, 1),
+        "share_of_matmul": round(achieved / peak[precision], 3),
+        "share_of_bf16_matmul": round(achieved / peak["bf16"], 3),
+    }
+
+
+MODES = ("fp32", "bf16", "fp32-compiled", "bf16-compiled")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=15, help="alternating rounds of 2 steps each")
-    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset, in the order to run")
+    ap.add_argument("--in-process", action="store_true", help="measure in this process (the parent starts one per mode)")
     args = ap.parse_args()
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
     cfg = ModelConfig(preset=args.preset, vocab_size=args.vocab)
-    x = torch.randint(0, cfg.vocab_size, (args.batch, cfg.max_seq_len))
-    y = torch.roll(x, -1, 1)
-    flops_per_token = Llama(cfg).flops_per_token()
-    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
-    modes = [("fp32", False), ("bf16", False)] + ([] if args.no_compile else [("fp32", True), ("bf16", True)])
+    modes = args.modes.split(",")
+    if any(m not in MODES for m in modes):
+        ap.error(f"--modes takes {', '.join(MODES)}, not {args.modes!r}")
+    if args.in_process:
+        for m in modes:
+            print(json.dumps(measure_mode(cfg, args.batch, args.rounds, m.split("-")[0], m.endswith("-compiled"))), flush=True)
+        return
     rows = []
-    for precision, compiled in modes:
-        steps = {}
-        for name, build, loss in (("ours", lambda: Llama(cfg), ours_loss), ("hf", lambda: LlamaForCausalLM(hf_config(cfg)), hf_loss)):
-            torch.manual_seed(0)
-            model = build().train()
-            if compiled:
-                model = torch.compile(model)
-            steps[name] = make_step(model, loss, x, y, precision)
-        times = interleaved_times(steps, args.rounds, 2)
-        rates = {name: x.numel() * 2 / statistics.median(t) for name, t in times.items()}
-        speedup, low, high = paired_speedup(times["ours"], times["hf"])
-        achieved = rates["ours"] * flops_per_token
-        rows.append(
-            {
-                "mode": f"{precision}{' compiled' if compiled else ''}",
-                "ours_tokens_per_s": round(rates["ours"]),
-                "hf_tokens_per_s": round(rates["hf"]),
-                "ours_vs_hf": round(speedup, 3),
-                "ours_vs_hf_range": [round(low, 3), round(high, 3)],
-                "ratio_of_medians": round(rates["ours"] / rates["hf"], 3),
-                "ours_gflops": round(achieved / 1e9, 1),
-                "matmul_gflops": round(peak[precision] / 1e9, 1),
-                "share_of_matmul": round(achieved / peak[precision], 3),
-                "share_of_bf16_matmul": round(achieved / peak["bf16"], 3),
-            }
-        )
+    for m in modes:  # each mode in a fresh process: none inherits another's heap, threads or compile caches
+        argv = [sys.executable, __file__, "--in-process", "--modes", m, "--preset", args.preset,
+                "--vocab", str(args.vocab), "--batch", str(args.batch), "--rounds", str(args.rounds)]
+        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     result = {"preset": args.preset, "params": Llama(cfg).num_params(), "batch": args.batch, "seq_len": cfg.max_seq_len,
               "threads": torch.get_num_threads(), "rows": rows}

@@ -5,8 +5,9 @@ replays every intermediate. These four functions do the same math in fewer passe
 backward written out, so an uncompiled step spends its time in matmuls:
 
 - `linear_cross_entropy`: the LM head and the loss in row chunks. The full (tokens x vocab)
-  logits are never stored: each chunk's gradient, softmax minus one-hot, is formed in place
-  and multiplied straight into the head's and the hidden states' gradients, in forward.
+  fp32 logits are never stored: each chunk's gradient, softmax minus one-hot, is formed in
+  place and multiplied straight into the head's and the hidden states' gradients, in forward
+  (under bf16 autocast, a block of up to 64 MiB of bf16 logits at a time).
 - `rope`: rotate-half RoPE in two passes, saving only the cos/sin tables.
 - `rms_norm`: one reduction for the scale; backward from the saved normalized input.
 - `swiglu`: silu(gate) * up without storing silu(gate).
@@ -26,6 +27,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 
+_LOW_PRECISION_BLOCK_BYTES = 64 << 20
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, ignore_index: int, chunk: int):
@@ -37,30 +41,42 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty(h.shape, dtype=dtype, device=h.device) if ctx.needs_input_grad[0] else None
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
             total = torch.zeros((), dtype=torch.float32, device=h.device)
-            rows = min(chunk, h.shape[0])  # chunk buffers, reused: fresh large tensors cost page faults on CPU
-            logits = torch.empty((rows, w.shape[0]), dtype=dtype, device=h.device)
-            logp = torch.empty((rows, w.shape[0]), dtype=torch.float32, device=h.device)
-            g_low = logits if dtype != torch.float32 else None  # the chunk's low-precision gradient reuses the logits buffer
+            rows, vocab = h.shape[0], w.shape[0]
+            low = dtype != torch.float32
+            # fp32: blocks of one chunk in reused buffers (fresh large tensors cost page faults on
+            # CPU). Lower precision: the softmax still runs a chunk at a time in fp32, but each
+            # chunk's gradient overwrites its logits, so the three matmuls run once per block
+            # of up to _LOW_PRECISION_BLOCK_BYTES of logits instead of once per chunk.
+            cap = max(chunk, _LOW_PRECISION_BLOCK_BYTES // (vocab * w.element_size()))
+            block = chunk if not low else rows if rows <= cap else cap // chunk * chunk
+            logits = torch.empty((min(block, rows), vocab), dtype=dtype, device=h.device)
+            logp = torch.empty((min(chunk, rows), vocab), dtype=torch.float32, device=h.device)
             onednn = onednn_applies(hs, w)  # fp32 on CPU: oneDNN's matmul, faster than MKL's here (model/gemm.py)
-            for s in range(0, h.shape[0], chunk):
-                n = min(chunk, h.shape[0] - s)
-                v = valid[s : s + n]
-                t = targets[s : s + n].masked_fill(~v, 0)
-                chunk_logits = mm_t(hs[s : s + n], w) if onednn else torch.mm(hs[s : s + n], w.T, out=logits[:n])
-                torch.log_softmax(chunk_logits, -1, dtype=torch.float32, out=logp[:n])
-                total -= (logp[:n].gather(1, t[:, None]).squeeze(1) * v).sum()
+            for b in range(0, rows, block):
+                bn = min(block, rows - b)
+                hb = hs[b : b + bn]
+                block_logits = mm_t(hb, w) if onednn else torch.mm(hb, w.T, out=logits[:bn])
+                for s in range(0, bn, chunk):
+                    n = min(chunk, bn - s)
+                    v = valid[b + s : b + s + n]
+                    t = targets[b + s : b + s + n].masked_fill(~v, 0)
+                    torch.log_softmax(block_logits[s : s + n], -1, dtype=torch.float32, out=logp[:n])
+                    total -= (logp[:n].gather(1, t[:, None]).squeeze(1) * v).sum()
+                    if grad_h is None and grad_w is None:
+                        continue
+                    g = logp[:n].exp_()  # softmax, then minus one-hot: d(token NLL)/d(logits)
+                    g.scatter_add_(1, t[:, None], torch.full((n, 1), -1.0, device=g.device))
+                    if low:
+                        block_logits[s : s + n].copy_(g)
                 if grad_h is None and grad_w is None:
                     continue
-                g = logp[:n].exp_()  # softmax, then minus one-hot: d(token NLL)/d(logits)
-                g.scatter_add_(1, t[:, None], torch.full((n, 1), -1.0, device=g.device))
-                if g_low is not None:
-                    g = g_low[:n].copy_(g)
-                keep = v[:, None].to(dtype)  # ignored rows: zeroed on the narrow side of each matmul
+                g = block_logits if low else logp[:bn]  # fp32: the block is one chunk
+                keep = valid[b : b + bn, None].to(dtype)  # ignored rows: zeroed on the narrow side of each matmul
                 if grad_h is not None:
-                    torch.mul(mm_t(g, w.T) if onednn else g @ w, keep, out=grad_h[s : s + n])
+                    torch.mul(mm_t(g, w.T) if onednn else g @ w, keep, out=grad_h[b : b + bn])
                 if grad_w is not None:
-                    hk = hs[s : s + n] * keep
-                    grad_w.addmm_(g.T, hk) if dtype == torch.float32 else grad_w.add_(g.T @ hk)
+                    hk = hb * keep
+                    grad_w.add_(g.T @ hk) if low else grad_w.addmm_(g.T, hk)
         ctx.save_for_backward(grad_h, grad_w, scale)
         ctx.dtypes = (h.dtype, weight.dtype)
         return total * scale

@@ -136,6 +136,30 @@ def test_fused_ops_equal_the_plain_expressions(precision):
             assert g.dtype == r.dtype and torch.allclose(g, r, atol=atol, rtol=atol), name
 
 
+def test_fused_loss_in_bf16_blocks_equals_one_block(monkeypatch):
+    """Under bf16 autocast the head's matmuls run per block of logits (64 MiB); a budget of
+    20 rows of 37 logits splits 50 rows into blocks of 16, 16, 16 and 2."""
+    import model.fused
+
+    torch.manual_seed(0)
+    h, w = torch.randn(50, 24), torch.randn(37, 24) * 0.3
+    targets = torch.randint(0, 37, (50,))
+    targets[[0, 17, 49]] = -100
+    fused = lambda a, b: linear_cross_entropy(a, b, targets, chunk=16)  # noqa: E731
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        whole = grads_of(fused, h, w)
+        monkeypatch.setattr(model.fused, "_LOW_PRECISION_BLOCK_BYTES", 20 * 37 * 2)
+        blocks = grads_of(fused, h, w)
+        plain = grads_of(lambda a, b: F.cross_entropy(F.linear(a, b).float(), targets), h, w)
+    for got in (whole, blocks):
+        assert torch.allclose(got[0], plain[0], atol=2e-2)
+        for g, r in zip(got[1], plain[1]):
+            assert torch.allclose(g, r, atol=2e-2, rtol=2e-2)
+    assert torch.allclose(whole[0], blocks[0], atol=1e-6)
+    for g, r in zip(whole[1], blocks[1]):
+        assert torch.allclose(g, r, atol=1e-3, rtol=1e-2)
+
+
 def test_fused_loss_without_gradients_and_with_all_rows_ignored():
     h, w = torch.randn(10, 8), torch.randn(11, 8)
     t = torch.randint(0, 11, (10,))
