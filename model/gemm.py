@@ -1,9 +1,10 @@
 """fp32 matmuls on CPU through oneDNN instead of MKL, where that is faster.
 
-PyTorch sends plain fp32 `mm` on CPU to MKL's sgemm. On AMD CPUs MKL does not pick its
-AVX-512 kernels (it dispatches on the vendor), while oneDNN, also inside PyTorch, picks by
-instruction set: on this machine's AMD EPYC a 2048^3 fp32 matmul runs at ~215 GFLOP/s
-through oneDNN against ~160 through MKL, at the same IEEE fp32 precision (bench/RESULTS.md).
+PyTorch sends plain fp32 `mm` on CPU to MKL's sgemm. On this machine's AMD EPYC, MKL's own
+log (MKL_VERBOSE=1) names only its generic "Intel(R) Architecture processors" path, while
+oneDNN, also inside PyTorch, picks kernels by instruction set (ONEDNN_VERBOSE=1:
+`brg_matmul:avx512_core`). A 2048^3 fp32 matmul runs at ~215 GFLOP/s through oneDNN against
+~160 through MKL, at the same IEEE fp32 precision (bench/RESULTS.md).
 
 oneDNN's inner-product kernel wins for `x @ w.T` with many rows (forward, and the input
 gradient, `g @ w`), not for the weight gradient (`g.T @ x`, a long reduction over rows),
