@@ -8,16 +8,25 @@ oneDNN, also inside PyTorch, picks kernels by instruction set (ONEDNN_VERBOSE=1:
 
 oneDNN's inner-product kernel wins for `x @ w.T` with many rows (forward, and the input
 gradient, `g @ w`), not for the weight gradient (`g.T @ x`, a long reduction over rows),
-which stays with MKL. Anything that is not fp32 on CPU outside autocast (bf16 already runs
-on oneDNN; CUDA has cuBLAS) takes the ordinary path.
+which stays with MKL. Anything that is not fp32 on an x86 CPU outside autocast (bf16
+already runs on oneDNN; CUDA has cuBLAS; ARM was not measured) takes the ordinary path, and
+LLMILL_ONEDNN_LINEAR=0 turns the switch off.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+
 import torch
 import torch.nn.functional as F
 
-_HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_HAS_ONEDNN = (
+    platform.machine().lower() in ("x86_64", "amd64")
+    and os.environ.get("LLMILL_ONEDNN_LINEAR", "1") != "0"
+    and torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+)
 
 
 def onednn_applies(*tensors: torch.Tensor) -> bool:
