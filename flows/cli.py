@@ -18,6 +18,12 @@ SetOpt = typer.Option([], "--set", "-s", help="override a config key: --set craw
 
 
 def _load(config: Optional[Path], overrides: list[str]):
+    # Prefect reads its settings when first imported (flows.config imports it): set these first.
+    # Quiet offline telemetry; and give the embedded server time for its first start, which
+    # migrates a fresh SQLite database: 15-22 s on an idle 2-core machine, past Prefect's 20 s
+    # default when the machine is busy.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.config import ConfigError, load_config
 
     try:
@@ -25,8 +31,6 @@ def _load(config: Optional[Path], overrides: list[str]):
     except ConfigError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
-    # Prefect reads its settings on import: quiet offline telemetry before that happens.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return cfg
 
 

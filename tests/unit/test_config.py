@@ -50,3 +50,17 @@ def test_cli_stops_at_once_naming_the_key():
     )
     assert proc.returncode == 2
     assert "unknown config key 'crawl.bogus'" in proc.stdout + proc.stderr
+
+
+def test_cli_gives_the_embedded_server_time_for_its_first_start():
+    """A fresh PREFECT_HOME's embedded server migrates a new SQLite database before it answers;
+    Prefect's 20 s default was too short on a busy 2-core machine (a CI run failed on it)."""
+    import os
+
+    code = ("from flows.cli import _load; _load(None, []); "
+            "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s, "
+            "PREFECT_SERVER_ANALYTICS_ENABLED as a; print(s.value(), a.value())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["180", "False"]
