@@ -49,9 +49,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # of up to _LOW_PRECISION_BLOCK_BYTES of logits instead of once per chunk.
             cap = max(chunk, _LOW_PRECISION_BLOCK_BYTES // (vocab * w.element_size()))
             block = chunk if not low else rows if rows <= cap else cap // chunk * chunk
-            logits = torch.empty((min(block, rows), vocab), dtype=dtype, device=h.device)
-            logp = torch.empty((min(chunk, rows), vocab), dtype=torch.float32, device=h.device)
             onednn = onednn_applies(hs, w)  # fp32 on CPU: oneDNN's matmul, faster than MKL's here (model/gemm.py)
+            logits = None if onednn else torch.empty((min(block, rows), vocab), dtype=dtype, device=h.device)  # oneDNN returns its own
+            logp = torch.empty((min(chunk, rows), vocab), dtype=torch.float32, device=h.device)
             for b in range(0, rows, block):
                 bn = min(block, rows - b)
                 hb = hs[b : b + bn]

@@ -195,10 +195,14 @@ def test_fp32_linear_runs_on_onednn_and_compiles_without_graph_breaks():
     in the graph, with no graph break, and gives eager's numbers."""
     from torch.profiler import profile
 
-    if os.environ.get("LLMILL_ONEDNN_LINEAR") == "0":
-        pytest.skip("oneDNN linear switched off by LLMILL_ONEDNN_LINEAR=0")
     torch.manual_seed(0)
     x, w = torch.randn(2, 64, 32, requires_grad=True), torch.randn(48, 32, requires_grad=True)
+    if os.environ.get("LLMILL_ONEDNN_LINEAR") == "0":  # switched off: the plain path, no oneDNN call
+        assert not onednn_applies(x, w)
+        with profile() as prof:
+            linear(x, w).sum().backward()
+        assert "mkldnn::_linear_pointwise" not in {e.key for e in prof.key_averages()}
+        return
     assert onednn_applies(x, w)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not onednn_applies(x, w)  # bf16 autocast keeps aten's path (oneDNN already)
