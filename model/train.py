@@ -104,17 +104,23 @@ def local_fraction(model: torch.nn.Module) -> float:
     return local / max(total, 1)
 
 
-def full_state_dict(model, sharded: bool) -> dict[str, torch.Tensor]:
-    if sharded:
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Parameters are DTensors: FSDP2 sharded them, ours on CPU or Accelerate's on GPUs. Every
+    rank then takes part in each forward and in gathering a full state dict."""
+    return any(hasattr(p, "to_local") for p in model.parameters())
+
+
+def full_state_dict(model, sharded: bool | None = None) -> dict[str, torch.Tensor]:
+    if is_sharded(model) if sharded is None else sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def weight_digest(model, sharded: bool) -> str:
+def weight_digest(model) -> str:
     h = hashlib.sha256()
-    for k, v in sorted(full_state_dict(model, sharded).items()):
+    for k, v in sorted(full_state_dict(model).items()):
         h.update(k.encode())
         h.update(v.float().numpy().tobytes())
     return h.hexdigest()[:16]
@@ -187,11 +193,11 @@ class Checkpoints:
         return state
 
 
-def save_weights(model, sharded: bool, dest: Path, mc: ModelConfig, main: bool, extra: dict | None = None) -> None:
+def save_weights(model, dest: Path, mc: ModelConfig, main: bool, extra: dict | None = None) -> None:
     """Full weights as safetensors (every rank takes part in gathering; rank 0 writes)."""
     from safetensors.torch import save_file
 
-    weights = full_state_dict(model, sharded)
+    weights = full_state_dict(model)
     if not main:
         return
     tmp = dest.with_name(dest.name + ".tmp")
@@ -270,9 +276,13 @@ def train(spec: RunSpec) -> dict:
         pass  # FSDP2 already wraps the model; Accelerate would treat it as plain DDP on CPU
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
-    if tc.compile:  # in place, so state dicts keep their names (no `_orig_mod.` prefix)
-        (model if sharded_cpu else accelerator.unwrap_model(model)).compile()
+    # `sharded`: we drive FSDP2 ourselves (backward, autocast, clipping, checkpoints), since
+    # Accelerate will not on CPU. `gathered`: parameters are DTensors, whoever sharded them.
     sharded = sharded_cpu
+    bare = model if sharded else accelerator.unwrap_model(model)
+    gathered = is_sharded(bare)
+    if tc.compile:  # in place, so state dicts keep their names (no `_orig_mod.` prefix)
+        bare.compile()
 
     ckpts = Checkpoints(out, accelerator, tc.keep_checkpoints)
     select, lower_is_better = tc.select_metric, minimized(tc.select_metric)
@@ -352,9 +362,9 @@ def train(spec: RunSpec) -> dict:
         if tc.grad_clip > 0:
             if sharded:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             else:
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip))
+                norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP2
         else:
             grad_norm = float("nan")
         optimizer.step()
@@ -365,7 +375,7 @@ def train(spec: RunSpec) -> dict:
             dist.all_reduce(mean_loss)
             mean_loss /= world
         if debug is not None:
-            debug.write(json.dumps({"step": step, "first_sample": debug_first, "weights": weight_digest(accelerator.unwrap_model(model) if not sharded else model, sharded), "local_loss": float(loss_sum) / tc.grad_accum}) + "\n")
+            debug.write(json.dumps({"step": step, "first_sample": debug_first, "weights": weight_digest(bare), "local_loss": float(loss_sum) / tc.grad_accum}) + "\n")
             debug.flush()
         if step % tc.log_every == 0 or step == tc.steps:
             now = time.time()
@@ -375,7 +385,7 @@ def train(spec: RunSpec) -> dict:
         if step % tc.eval_every == 0 or step == tc.steps:
             model.eval()
             # Sharded weights need every rank in every forward, so then each rank scores every example.
-            final_eval = objective.evaluate(model, accelerator, *((0, 1) if sharded else (rank, world)))
+            final_eval = objective.evaluate(model, accelerator, *((0, 1) if gathered else (rank, world)))
             model.train()
             if final_eval:
                 log({"step": step, **final_eval})
@@ -384,7 +394,7 @@ def train(spec: RunSpec) -> dict:
                 value = final_eval[select]
                 if (value < best - 1e-6) if lower_is_better else (value > best + 1e-6):
                     best, best_step, bad_evals = value, step, 0
-                    save_weights(model if sharded else accelerator.unwrap_model(model), sharded, out / "best", mc, main,
+                    save_weights(bare, out / "best", mc, main,
                                  {"step": step, select: value})
                 else:
                     bad_evals += 1
@@ -401,7 +411,7 @@ def train(spec: RunSpec) -> dict:
     summary = {"steps": step, "stopped_early": stopped_early, "select_metric": select, "best_metric": best, "best_step": best_step,
                **final_eval, "world": world, "tokens_seen": step * tokens_per_step, "seconds": time.time() - started,
                "resumed_at_step": resumed_at}
-    save_weights(model if sharded else accelerator.unwrap_model(model), sharded, out / "final", mc, main)
+    save_weights(bare, out / "final", mc, main)
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps({"event": "done", **summary}), flush=True)
