@@ -1,7 +1,9 @@
 """Training throughput: our decoder against transformers' LlamaForCausalLM built with the same
 config, same batch, same precision, in the same run; and achieved FLOP/s against a plain
-matmul measured in the same run: of the mode's own precision, and of bf16 (the machine's
-fastest).
+2048² matmul of the mode's own precision and of bf16 (the machine's fastest), timed in the same
+alternating rounds as the two models. Beside them, the step's own linear-layer matmuls and its
+attention, each timed alone in the mode's precision: a step made of nothing else would run at
+the model's FLOPs over their two times.
 
     .venv/bin/python bench/train.py [--preset demo] [--batch 8] [--rounds 15]
         [--modes fp32,bf16,fp32-compiled,bf16-compiled]
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -29,18 +32,49 @@ from model.gemm import mm_t  # noqa: E402
 from model.llama import Llama, ModelConfig, param_groups  # noqa: E402
 
 
-def matmul_flops(dtype: torch.dtype, n: int = 2048, rounds: int = 7, reps: int = 3, matmul=torch.matmul) -> float:
-    """The machine's plain matmul rate: median of several rounds, since one timing on a shared
-    VM can be off by 2x."""
+def matmul_job(dtype: torch.dtype, n: int = 2048, reps: int = 3, matmul=torch.matmul) -> tuple[Callable[[], None], float]:
+    """A plain (n x n) matmul, `reps` times: the callable and its FLOPs."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    matmul(a, b)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
+
+    def run():
         for _ in range(reps):
             matmul(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 * reps / statistics.median(times)
+
+    run()
+    return run, 2 * n**3 * reps
+
+
+def linear_matmuls_job(cfg: ModelConfig, rows: int, dtype: torch.dtype) -> tuple[Callable[[], None], float]:
+    """The step's linear-layer matmuls alone (forward, input and weight gradients; about 90 % of
+    the model's FLOPs), through the kernels the model uses: the ceiling of a whole step."""
+    d, ff, L = cfg.d_model, cfg.d_ff, cfg.n_layer
+    kv = cfg.n_kv_head * cfg.head_dim
+    shapes = [(d, d), (kv, d), (kv, d), (d, d)] * L + [(ff, d), (ff, d), (d, ff)] * L + [(cfg.vocab_size, d)]  # (out, in)
+    acts = {n: torch.randn(rows, n, dtype=dtype) for n in {o for o, _ in shapes} | {i for _, i in shapes}}
+    weights = [torch.randn(o, i, dtype=dtype) for o, i in shapes]
+
+    def run():
+        for (o, i), w in zip(shapes, weights):
+            x, g = acts[i], acts[o]
+            mm_t(x, w), mm_t(g, w.T), g.T @ x
+
+    run()
+    return run, sum(6 * rows * o * i for o, i in shapes)
+
+
+def attention_job(cfg: ModelConfig, batch: int, dtype: torch.dtype) -> tuple[Callable[[], None], float]:
+    """The step's causal attention alone (SDPA forward and backward, every layer)."""
+    shape = (batch, cfg.n_head, cfg.max_seq_len, cfg.head_dim)
+    q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
+    g = torch.randn(shape, dtype=dtype)
+
+    def run():
+        for _ in range(cfg.n_layer):
+            torch.autograd.backward(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), g)
+            q.grad = k.grad = v.grad = None
+
+    run()
+    return run, 12 * cfg.n_layer * cfg.d_model * cfg.max_seq_len * batch * cfg.max_seq_len
 
 
 def make_step(model, loss_fn, x, y, precision: str):
@@ -96,31 +130,56 @@ def measure_mode(cfg: ModelConfig, batch: int, rounds: int, precision: str, comp
     torch.manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.max_seq_len))
     y = torch.roll(x, -1, 1)
-    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
-    onednn_fp32 = matmul_flops(torch.float32, matmul=mm_t)  # the kernel our fp32 linear layers use (model/gemm.py)
-    steps = {}
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    jobs, work = {}, {}
     for name, build, loss in (("ours", lambda: Llama(cfg), ours_loss), ("hf", lambda: LlamaForCausalLM(hf_config(cfg)), hf_loss)):
         torch.manual_seed(0)
         model = build().train()
         if compiled:
             model = torch.compile(model)
-        steps[name] = make_step(model, loss, x, y, precision)
-    times = interleaved_times(steps, rounds, 2)
-    rates = {name: x.numel() * 2 / statistics.median(t) for name, t in times.items()}
+        jobs[name], work[name] = make_step(model, loss, x, y, precision), x.numel() * Llama(cfg).flops_per_token()
+    # The references run in the same alternating rounds, so each share compares timings taken
+    # under the same load on this shared VM.
+    references = {
+        "matmul": matmul_job(dtype),
+        "bf16_matmul": matmul_job(torch.bfloat16),
+        "onednn_fp32_matmul": matmul_job(torch.float32, matmul=mm_t),  # the kernel of our fp32 linear layers (model/gemm.py)
+        "linear_matmuls": linear_matmuls_job(cfg, x.numel(), dtype),
+        "attention": attention_job(cfg, batch, dtype),
+    }
+    for name, (job, flops) in references.items():
+        jobs[name], work[name] = job, flops
+    times = interleaved_times(jobs, rounds, 2)
+    rate = {name: [2 * work[name] / t for t in ts] for name, ts in times.items()}  # FLOP/s per round
+    med = {name: statistics.median(r) for name, r in rate.items()}
+    tokens_per_s = {name: med[name] / Llama(cfg).flops_per_token() for name in ("ours", "hf")}
     speedup, low, high = paired_speedup(times["ours"], times["hf"])
-    achieved = rates["ours"] * Llama(cfg).flops_per_token()
+
+    def share(a: str, b: str) -> float:
+        return round(statistics.median(x / y for x, y in zip(rate[a], rate[b])), 3)
+
+    # A step made of nothing but its linear matmuls and its attention, each as fast as alone:
+    # the model's FLOPs over their two times, round by round.
+    rate["matmuls_and_attention"] = [2 * work["ours"] / (a + b) for a, b in zip(times["linear_matmuls"], times["attention"])]
+
     return {
         "mode": f"{precision}{' compiled' if compiled else ''}",
-        "ours_tokens_per_s": round(rates["ours"]),
-        "hf_tokens_per_s": round(rates["hf"]),
+        "ours_tokens_per_s": round(tokens_per_s["ours"]),
+        "hf_tokens_per_s": round(tokens_per_s["hf"]),
         "ours_vs_hf": round(speedup, 3),
         "ours_vs_hf_range": [round(low, 3), round(high, 3)],
-        "ratio_of_medians": round(rates["ours"] / rates["hf"], 3),
-        "ours_gflops": round(achieved / 1e9, 1),
-        "matmul_gflops": round(peak[precision] / 1e9, 1),
-        "onednn_fp32_matmul_gflops": round(onednn_fp32 / 1e9, 1),
-        "share_of_matmul": round(achieved / peak[precision], 3),
-        "share_of_bf16_matmul": round(achieved / peak["bf16"], 3),
+        "ratio_of_medians": round(med["ours"] / med["hf"], 3),
+        "ours_gflops": round(med["ours"] / 1e9, 1),
+        "matmul_gflops": round(med["matmul"] / 1e9, 1),
+        "bf16_matmul_gflops": round(med["bf16_matmul"] / 1e9, 1),
+        "onednn_fp32_matmul_gflops": round(med["onednn_fp32_matmul"] / 1e9, 1),
+        "linear_matmuls_gflops": round(med["linear_matmuls"] / 1e9, 1),
+        "share_of_matmul": share("ours", "matmul"),
+        "share_of_bf16_matmul": share("ours", "bf16_matmul"),
+        "linear_matmuls_share_of_bf16_matmul": share("linear_matmuls", "bf16_matmul"),
+        "share_of_linear_matmuls": share("ours", "linear_matmuls"),
+        "attention_gflops": round(med["attention"] / 1e9, 1),
+        "matmuls_and_attention_share_of_bf16_matmul": share("matmuls_and_attention", "bf16_matmul"),
     }
 
 
