@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -78,7 +79,9 @@ def run_mode(mode: str, args, shards: Path, model: ModelConfig, flops_per_token:
     cfg = TrainConfig(steps=args.steps, micro_batch_size=args.micro_batch, seq_len=args.seq_len, lr=3e-4, warmup_steps=min(10, args.steps // 2),
                       eval_every=args.steps, eval_windows=8, checkpoint_every=args.steps, log_every=args.log_every, trackers=[],
                       mixed_precision=args.precision, compile=args.compile, distributed=distributed, num_processes=n)
-    spec = RunSpec(model=model, train=cfg, shards=str(shards), tokenizer="", out=str(args.out / f"run-{mode}"))
+    run_dir = args.out / f"run-{mode}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun measures afresh instead of resuming a finished run
+    spec = RunSpec(model=model, train=cfg, shards=str(shards), tokenizer="", out=str(run_dir))
     events: list[dict] = []
     started = time.time()
     try:
@@ -87,6 +90,8 @@ def run_mode(mode: str, args, shards: Path, model: ModelConfig, flops_per_token:
         return {"mode": mode, "processes": n, "error": str(e)}
     start = next(e for e in events if e.get("event") == "start")
     rates = [e["tokens_per_s"] for e in events if e.get("event") == "metrics" and "tokens_per_s" in e]
+    if not rates:
+        return {"mode": mode, "processes": n, "error": "the trainer logged no throughput (raise --steps or lower --log-every)"}
     steady = rates[1:] or rates  # the first interval includes compilation and warm-up
     tps = statistics.median(steady)
     tflops = tps * flops_per_token / 1e12
