@@ -31,9 +31,13 @@ from model.config import TrainConfig  # noqa: E402
 from model.launch import run_training  # noqa: E402
 from model.llama import Llama, ModelConfig  # noqa: E402
 from model.train import RunSpec  # noqa: E402
+from tasks.tokenize import token_dtype, write_ipc  # noqa: E402
 
 # Dense bf16 peaks (vendor datasheets, without sparsity), first match on the device name wins.
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.0), ("H200", 989.0), ("H100", 989.0), ("A100", 312.0))
+
+
+MODES = ("ddp", "fsdp")
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -43,13 +47,11 @@ def peak_tflops(device_name: str) -> float | None:
 def write_shards(root: Path, train_tokens: int, val_tokens: int, vocab: int, seed: int = 0) -> Path:
     """Uniform random tokens in the trainer's shard layout (a flat `tokens` column per split)."""
     rng = np.random.default_rng(seed)
-    dtype, arrow_type = (np.uint16, pa.uint16()) if vocab <= 1 << 16 else (np.uint32, pa.uint32())
+    arrow_type = token_dtype(vocab)
     for split, n in (("train", train_tokens), ("val", val_tokens)):
         (root / split).mkdir(parents=True, exist_ok=True)
-        tokens = rng.integers(4, vocab, n, dtype=dtype)
-        path = root / split / "part-00000.arrow"
-        with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, pa.schema([("tokens", arrow_type)])) as w:
-            w.write_table(pa.table({"tokens": tokens}))
+        tokens = rng.integers(4, vocab, n, dtype=arrow_type.to_pandas_dtype())
+        write_ipc(root / split / "part-00000.arrow", pa.table({"tokens": pa.array(tokens, type=arrow_type)}))
     return root
 
 
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of one device; default: by device name")
     p.add_argument("--allow-cpu", action="store_true", help="run on CPU processes when no GPU is visible (the test suite's smoke run)")
     args = p.parse_args(argv)
+    if not args.modes or set(args.modes.split(",")) - set(MODES):
+        p.error(f"--modes takes a comma-separated subset of {','.join(MODES)}, not {args.modes!r}")
 
     gpus = torch.cuda.device_count()
     if not gpus and not args.allow_cpu:

@@ -110,8 +110,8 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(hasattr(p, "to_local") for p in model.parameters())
 
 
-def full_state_dict(model, sharded: bool | None = None) -> dict[str, torch.Tensor]:
-    if is_sharded(model) if sharded is None else sharded:
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -150,7 +150,7 @@ class Checkpoints:
             from safetensors.torch import save_file
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            weights = full_state_dict(model, True)
+            weights = full_state_dict(model)
             optim = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             if acc.is_main_process:
                 save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))

@@ -25,6 +25,10 @@ def test_without_a_gpu_it_refuses_unless_asked_for_cpu(tmp_path):
     assert proc.returncode == 1
     assert "no GPU visible" in proc.stderr
     assert not (tmp_path / "gpu-check.json").exists()
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--allow-cpu", "--modes", "ddp,zero3", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--modes takes" in bad.stderr and "zero3" in bad.stderr
+    assert not (tmp_path / "shards").exists()
 
 
 def test_ddp_and_fsdp_on_two_cpu_processes_report_throughput_and_mfu(tmp_path):
