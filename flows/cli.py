@@ -13,6 +13,12 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 
+
+def error(message: str) -> None:
+    # soft_wrap: an error names paths and keys; hard line breaks at the terminal's width would
+    # split them for anyone who copies or greps the message.
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+
 ConfigArg = typer.Argument(None, help="YAML config (default: configs/demo.yaml)")
 SetOpt = typer.Option([], "--set", "-s", help="override a config key: --set crawl.max_pages=50")
 
@@ -29,7 +35,7 @@ def _load(config: Optional[Path], overrides: list[str]):
     try:
         cfg = load_config(config, overrides)
     except ConfigError as e:
-        console.print(f"[red]error:[/red] {e}")
+        error(str(e))
         raise typer.Exit(2) from None
     return cfg
 
@@ -60,8 +66,8 @@ def _require_server() -> None:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        console.print("[red]error:[/red] deployments need a Prefect server: start one (`prefect server start`) "
-                      "and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+        error("deployments need a Prefect server: start one (`prefect server start`) "
+              "and set PREFECT_API_URL=http://127.0.0.1:4200/api")
         raise typer.Exit(2)
 
 
@@ -73,7 +79,7 @@ def _guarded(flow, *args):
     try:
         return flow(*args)
     except (ValueError, TrainingFailed) as e:
-        console.print(f"[red]error:[/red] {type(e).__name__}: {e}")
+        error(f"{type(e).__name__}: {e}")
         raise typer.Exit(1) from None
 
 

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,10 +47,11 @@ def test_bad_yaml_file(tmp_path):
 
 def test_cli_stops_at_once_naming_the_key():
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "--set", "crawl.bogus=1"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "flows.cli", "run", "--set", "crawl.bogus=1"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "40"},  # narrower than the message: it must not be broken into lines
     )
     assert proc.returncode == 2
-    assert "unknown config key 'crawl.bogus'" in proc.stdout + proc.stderr
+    assert "demo.yaml: unknown config key 'crawl.bogus'" in proc.stdout + proc.stderr
 
 
 def test_cli_gives_the_embedded_server_time_for_its_first_start():
