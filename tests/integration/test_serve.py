@@ -180,8 +180,17 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def run_to_completion(http: httpx.Client, api: str, deployment_id: str, log: Path, timeout: float) -> dict:
-    """POST create_flow_run with no parameters, as the UI's Run button with the form's defaults."""
-    run = http.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={}).json()
+    """POST create_flow_run with no parameters, as the UI's Run button with the form's defaults.
+    A 5xx is retried a few times, as a person would press Run again: the SQLite server can
+    answer one with a transient error while the served process writes its deployments."""
+    url = f"{api}/deployments/{deployment_id}/create_flow_run"
+    for attempt in range(5):
+        resp = http.post(url, json={})
+        if resp.status_code < 500:
+            break
+        time.sleep(2 * (attempt + 1))
+    assert resp.status_code == 201, (resp.status_code, resp.text[-2000:], log.read_text()[-3000:])
+    run = resp.json()
 
     def finished():
         state = http.get(f"{api}/flow_runs/{run['id']}").json()["state"]
