@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 
-.PHONY: run test bench venv clean-data docs-pages system-packages
+.PHONY: run test test-fast test-orders bench venv clean-data docs-pages system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,8 +29,25 @@ system-packages: docs-pages
 	@test -x /usr/lib/postgresql/15/bin/initdb || (apt-get update -q && apt-get install -y -q postgresql-15)
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
+# pytest-randomly shuffles the order on every run and prints its seed; replay an order with
+# PYTEST_ARGS=--randomly-seed=N (or turn shuffling off with -p no:randomly). Tests run on
+# TEST_WORKERS xdist workers; those sharing an expensive fixture go to one worker (conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST_ARGS ?=
+FAST := not trainer and not prefect_server and not browser and not database
+SEEDS ?= 1 2 3
+
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q tests
+	$(PYTEST) tests $(PYTEST_ARGS)
+
+# The unit tier and the stage-level tests that start no trainer, Prefect server, browser or database.
+test-fast: $(STAMP) docs-pages
+	$(PYTEST) -m "$(FAST)" tests $(PYTEST_ARGS)
+
+# The whole suite once per seed, each a different order: an order-dependent test fails here.
+test-orders: $(STAMP) system-packages
+	set -e; for seed in $(SEEDS); do $(PYTEST) --randomly-seed=$$seed tests $(PYTEST_ARGS); done
 
 # The peers live in their own venv: datatrove and rensa are not project dependencies.
 .bench-venv/.installed:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.config import TrainConfig  # noqa: E402
 from model.launch import run_training  # noqa: E402
 from model.llama import Llama, ModelConfig  # noqa: E402
-from model.train import RunSpec  # noqa: E402
+from model.train import RunSpec, effective_precision  # noqa: E402
 from tasks.tokenize import token_dtype, write_ipc  # noqa: E402
 
 # Dense bf16 peaks (vendor datasheets, without sparsity), first match on the device name wins.
@@ -55,12 +55,13 @@ def write_shards(root: Path, train_tokens: int, val_tokens: int, vocab: int, see
     return root
 
 
-def matmul_tflops(device: str, n: int = 8192, reps: int = 20) -> float:
-    """A plain bf16 (n x n) @ (n x n) matmul, median of 5 timings."""
+def matmul_tflops(device: str, dtype: str = "bf16", n: int = 8192, reps: int = 20) -> float:
+    """A plain (n x n) @ (n x n) matmul in `dtype` (bf16 or fp32), median of 5 timings."""
     if device == "cpu":
         n, reps = 1024, 3
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=torch_dtype)
+    b = torch.randn(n, n, device=device, dtype=torch_dtype)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     a @ b
     sync()
@@ -74,7 +75,8 @@ def matmul_tflops(device: str, n: int = 8192, reps: int = 20) -> float:
     return 2 * n**3 * reps / statistics.median(times) / 1e12
 
 
-def run_mode(mode: str, args, shards: Path, model: ModelConfig, flops_per_token: float, peak: float | None, matmul: float) -> dict:
+def run_mode(mode: str, args, shards: Path, model: ModelConfig, flops_per_token: float, peak: float | None, matmul: float,
+             matmul_dtype: str) -> dict:
     n = args.processes
     devices = n if torch.cuda.is_available() else 1  # CPU processes share one machine's cores
     distributed = "fsdp" if mode == "fsdp" else ("ddp" if n > 1 else "none")
@@ -103,11 +105,12 @@ def run_mode(mode: str, args, shards: Path, model: ModelConfig, flops_per_token:
         "processes": n,
         "world": start["world"],
         "distributed": start["distributed"],
+        "computed_in": start["precision"],
         "local_param_fraction": round(start["local_param_fraction"], 4),
         "tokens_per_s": round(tps),
         "model_tflops": round(tflops, 4),
         "mfu": None if peak is None else round(tflops / (peak * devices), 4),
-        "share_of_bf16_matmul": round(tflops / (matmul * devices), 4),
+        f"share_of_{matmul_dtype}_matmul": round(tflops / (matmul * devices), 4),
         "val_loss": round(done["val_loss"], 4) if "val_loss" in done else None,
         "wall_s": round(time.time() - started, 1),
     }
@@ -147,15 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.seq_len > model.max_seq_len:
         p.error(f"--seq-len {args.seq_len} exceeds the {args.preset} preset's max_seq_len {model.max_seq_len}")
     flops_per_token = Llama(model).flops_per_token()
-    matmul = matmul_tflops(device)
-    print(json.dumps({"device": name, "processes": args.processes, "peak_bf16_tflops": peak, "bf16_matmul_tflops": round(matmul, 4),
+    # The reference matmul: bf16 on GPUs (the rate MFU is about); on CPU the precision the
+    # trainer really computes in (fp32 where the CPU has no native bf16, model/train.py).
+    matmul_dtype = "bf16" if gpus or effective_precision(args.precision, cpu=True)[0] == "bf16" else "fp32"
+    matmul = matmul_tflops(device, matmul_dtype)
+    print(json.dumps({"device": name, "processes": args.processes, "peak_bf16_tflops": peak, f"{matmul_dtype}_matmul_tflops": round(matmul, 4),
                       "model_flops_per_token": flops_per_token}), flush=True)
     results = []
     for mode in args.modes.split(","):
-        results.append(run_mode(mode, args, shards, model, flops_per_token, peak, matmul))
+        results.append(run_mode(mode, args, shards, model, flops_per_token, peak, matmul, matmul_dtype))
         print(json.dumps(results[-1]), flush=True)
     report = {"device": name, "processes": args.processes, "preset": args.preset, "precision": args.precision, "compile": args.compile,
-              "peak_bf16_tflops": peak, "bf16_matmul_tflops": round(matmul, 4), "results": results}
+              "peak_bf16_tflops": peak, "matmul_dtype": matmul_dtype, f"{matmul_dtype}_matmul_tflops": round(matmul, 4), "results": results}
     tmp = args.out / "gpu-check.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(args.out / "gpu-check.json")

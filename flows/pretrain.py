@@ -38,6 +38,7 @@ def summary_rows(result: dict) -> list[tuple[str, str]]:
         ("tokens train / val", f"{shards['tokens']['train']:,} / {shards['tokens']['val']:,}"),
         ("model parameters", f"{run['params']:,}"),
         ("steps", str(run["steps"])),
+        ("precision", {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(run.get("precision", ""), "?")),
         ("tokens seen", f"{run['tokens_seen']:,}"),
     ]
     for key, label in (("val_loss", "validation loss (nats/token)"), ("val_ppl", "validation perplexity"), ("val_bpb", "validation bits per byte")):

@@ -7,6 +7,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (taskset, a pinned container or test
+    worker), which os.cpu_count() ignores."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -38,7 +49,7 @@ class TrainConfig(BaseModel):
     trackers: list[str] = Field(default_factory=lambda: ["tensorboard"], description="Accelerate trackers")
     distributed: Literal["none", "ddp", "fsdp"] = "none"
     num_processes: int = Field(1, ge=1)
-    threads_per_process: int = Field(0, ge=0, description="torch threads; 0 = cores / processes")
+    threads_per_process: int = Field(0, ge=0, description="torch threads; 0 = usable CPUs / processes")
     init_word_vectors: str = Field("", description="GloVe / word2vec text file for the embeddings")
 
 

@@ -20,6 +20,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from model.config import usable_cpus
 from model.train import RunSpec
 
 
@@ -38,7 +39,7 @@ def launch_command(spec_file: Path, spec: RunSpec, gpus: int | None = None) -> t
 
     tc = spec.train
     n = tc.num_processes
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(tc.threads_per_process or max(1, (os.cpu_count() or 1) // n))}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(tc.threads_per_process or max(1, usable_cpus() // n))}
     train = ["-m", "model.train", "--spec", str(spec_file)]
     gpus = torch.cuda.device_count() if gpus is None else gpus
     if gpus and (n > 1 or tc.distributed == "fsdp"):

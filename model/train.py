@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
-from model.config import HeadConfig, TrainConfig
+from model.config import HeadConfig, TrainConfig, usable_cpus
 from model.data import step_slice
 from model.llama import ModelConfig, load_word_vectors, param_groups
 from model.objectives import make_objective
@@ -64,6 +64,27 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     if step < decay_start:
         return tc.lr
     return tc.lr - (tc.lr - floor) * (step - decay_start) / max(1, tc.steps - decay_start)
+
+
+def cpu_has_native_bf16() -> bool:
+    """oneDNN has bf16 matmul kernels only with AVX-512 (or AMX); elsewhere bf16 is emulated."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def effective_precision(requested: str, cpu: bool, native_bf16: bool | None = None) -> tuple[str, str]:
+    """The precision a run computes in, and why it differs from the one asked for ("" if not).
+
+    bf16 on a CPU without native bf16 runs oneDNN's reference path: a bf16 step of the demo
+    model took 37 s against 2.3 s in fp32 on a 2-core AVX2 EPYC (bench/RESULTS.md), so such a
+    run trains in fp32 and says so. LLMILL_CPU_BF16=1 keeps bf16 there anyway.
+    """
+    if not (cpu and requested == "bf16") or os.environ.get("LLMILL_CPU_BF16") == "1":
+        return requested, ""
+    if native_bf16 is None:
+        native_bf16 = cpu_has_native_bf16()
+    if native_bf16:
+        return requested, ""
+    return "no", "bf16 asked for, but this CPU has no native bf16 matmul (AVX-512/AMX): training in fp32"
 
 
 def check_world(accelerator, tc: TrainConfig) -> None:
@@ -219,7 +240,7 @@ def train(spec: RunSpec) -> dict:
     tc, mc = spec.train, spec.model
     out = Path(spec.out)
     cpu = not torch.cuda.is_available()
-    threads = tc.threads_per_process or max(1, (os.cpu_count() or 1) // tc.num_processes)
+    threads = tc.threads_per_process or max(1, usable_cpus() // tc.num_processes)
     torch.set_num_threads(threads)
     sharded_cpu = tc.distributed == "fsdp" and cpu
     plugin = None
@@ -230,14 +251,17 @@ def train(spec: RunSpec) -> dict:
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=["Block"]
         )
     trackers = [t for t in tc.trackers if t] or None
+    precision, precision_note = effective_precision(tc.mixed_precision, cpu)
     accelerator = Accelerator(
         cpu=cpu,
-        mixed_precision=tc.mixed_precision,
+        mixed_precision=precision,
         fsdp_plugin=plugin,
         log_with=trackers,
         project_dir=str(out),
     )
     check_world(accelerator, tc)
+    if precision_note:
+        accelerator.print(f"note: {precision_note}")
     if tc.distributed == "fsdp" and not cpu and accelerator.distributed_type.name != "FSDP":
         raise WorldError(f"FSDP was asked for but Accelerate set up {accelerator.distributed_type.name}")
     set_seed(tc.seed)
@@ -311,6 +335,7 @@ def train(spec: RunSpec) -> dict:
                 "event": "start",
                 "world": world,
                 "distributed": tc.distributed,
+                "precision": precision,
                 "params": n_params,
                 "local_param_fraction": local_fraction(model),
                 "step": step,
@@ -346,7 +371,7 @@ def train(spec: RunSpec) -> dict:
             sync = micro == tc.grad_accum - 1 or sharded or world == 1
             ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx:
-                if sharded and tc.mixed_precision == "bf16":
+                if sharded and precision == "bf16":
                     with torch.autocast("cpu", dtype=torch.bfloat16):
                         loss = objective.loss(model, batch)
                 else:
@@ -409,7 +434,7 @@ def train(spec: RunSpec) -> dict:
             break
 
     summary = {"steps": step, "stopped_early": stopped_early, "select_metric": select, "best_metric": best, "best_step": best_step,
-               **final_eval, "world": world, "tokens_seen": step * tokens_per_step, "seconds": time.time() - started,
+               **final_eval, "world": world, "precision": precision, "tokens_seen": step * tokens_per_step, "seconds": time.time() - started,
                "resumed_at_step": resumed_at}
     save_weights(bare, out / "final", mc, main)
     if main:

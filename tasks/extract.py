@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 import re
 import signal
 import threading
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.config import usable_cpus
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
 
@@ -258,7 +258,7 @@ def process_pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
 
 def map_shards(fn, jobs: list, workers: int, preload: list[str], progress: Progress) -> list:
     """Run `fn` over shard jobs in worker processes, reporting progress as shards finish."""
-    workers = min(workers or os.cpu_count() or 1, len(jobs)) or 1
+    workers = min(workers or usable_cpus(), len(jobs)) or 1
     results = []
     with process_pool(workers, preload) as pool:
         futures = [pool.submit(fn, job) for job in jobs]

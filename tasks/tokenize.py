@@ -11,7 +11,6 @@ The split is by a hash of the document id, so a document keeps its split as the 
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
@@ -23,6 +22,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.clean import doc_files
+from model.config import usable_cpus
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
 from tasks.train_tokenizer import EOS, MODEL_FILE
@@ -115,7 +115,7 @@ def encode_files(sp, files: list[Path], out: Path, cfg: TokenizeConfig, progress
     """Encode document files into shards under out/train and out/val; totals per split."""
     for split in SPLITS:
         (out / split).mkdir(exist_ok=True)
-    cores = cfg.threads or os.cpu_count() or 1
+    cores = cfg.threads or usable_cpus()
     workers = min(len(files), 2) or 1  # two shards in flight keep the encoder threads busy
     totals = {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
     done = 0

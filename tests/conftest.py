@@ -1,8 +1,96 @@
+"""The suite's shared set-up: the start guard behind the tiers, and the expensive things built
+once per session on one content-addressed root (the stage cache makes a second request for
+the same dataset free, so fixtures and tests may both ask for it).
+
+Tiers: tests marked `trainer`, `prefect_server`, `browser` or `database` start one of those;
+`make test-fast` deselects them, `make test` runs everything. The guard (tests/guard/) fails a
+test that starts one of them without its mark, in the pytest process and in every Python
+process it starts.
+"""
+
 import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Before Prefect is imported: the suite's Prefect home is its own (profiles, memo store, local
+# results), never the user's ~/.prefect, and each xdist worker has a separate one.
+PREFECT_HOME = tempfile.mkdtemp(prefix="llmill-test-prefect-home-")
+os.environ["PREFECT_HOME"] = PREFECT_HOME
+
+GUARD_DIR = Path(__file__).parent / "guard"
+sys.path.insert(0, str(GUARD_DIR))
+import llmill_test_guard as guard  # noqa: E402
+
+sys.path.remove(str(GUARD_DIR))
+
+
+def pytest_configure(config):
+    _pin_xdist_worker()
+    log = tempfile.NamedTemporaryFile(prefix="llmill-guard-", suffix=".log", delete=False)
+    log.close()
+    config._llmill_guard_log = Path(log.name)
+    os.environ[guard.LOG] = log.name
+    os.environ[guard.ALLOW] = ""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARD_DIR), os.environ.get("PYTHONPATH", "")]))
+    guard.install()
+
+
+def _pin_xdist_worker() -> None:
+    """Each xdist worker (and everything it starts) gets its own share of the CPUs: trainers size
+    their threads by the CPUs they may use (model.config.usable_cpus), so two workers' trainings
+    do not oversubscribe 2 cores with 2 x 2 OpenMP threads (measured on 2 cores: 680 s pinned against
+    698 s unpinned, 17.0 against 19.4 CPU minutes)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus, workers, index = sorted(os.sched_getaffinity(0)), int(count), int(worker.removeprefix("gw"))
+    if len(cpus) < workers:
+        return
+    share = len(cpus) // workers
+    os.sched_setaffinity(0, cpus[index * share : (index + 1) * share])
+
+
+def pytest_unconfigure(config):
+    guard.uninstall()
+    shutil.rmtree(PREFECT_HOME, ignore_errors=True)
+    log = getattr(config, "_llmill_guard_log", None)
+    if log is not None:
+        log.unlink(missing_ok=True)
+
+
+# Tests that share an expensive session fixture run on one xdist worker, so it is built once.
+SHARED_BY_GROUP = ("tiny_pipeline", "pretrained_lm")
+
+
+def pytest_itemcollected(item):
+    """Marked as collected: xdist's loadgroup reads the marks in its modifyitems hook."""
+    for fixture in SHARED_BY_GROUP:
+        if fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(fixture))
+            break
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before any fixture of this test is set up: what it may start."""
+    os.environ[guard.ALLOW] = ",".join(kind for kind in guard.KINDS if item.get_closest_marker(kind))
+    os.environ[guard.TEST] = item.nodeid
+
+
+@pytest.fixture(autouse=True)
+def _started_only_what_is_marked(request):
+    """Starts refused in child processes are logged there; the test fails on them here."""
+    yield
+    log: Path = request.config._llmill_guard_log
+    refused = log.read_text()
+    if refused:
+        log.write_text("")
+        pytest.fail(refused, pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +103,56 @@ def prefect_harness(tmp_path_factory):
     with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results)}):
         with prefect_test_harness(server_startup_timeout=120):
             yield
+
+
+@pytest.fixture(scope="session")
+def shared_root(tmp_path_factory) -> Path:
+    """The data root that session fixtures build into; every dataset in it is content-addressed,
+    so a test that asks for one already built gets it back without recomputing."""
+    return tmp_path_factory.mktemp("shared-root")
+
+
+@pytest.fixture(scope="session")
+def library_corpus(shared_root) -> tuple[str, str, str]:
+    """(documents, tokenizer, shards) from 120 library reference sources, vocabulary 512."""
+    from tests.corpus import tokenized
+
+    return tokenized(shared_root, 120)
+
+
+# The one 300-step pretraining of the suite: test_train checks its loss and export, the
+# fine-tuning tests start from it.
+PRETRAIN_STEPS = dict(steps=300, micro_batch_size=16, seq_len=64, lr=3e-3, warmup_steps=5, eval_every=100, eval_windows=16,
+                      checkpoint_every=300, log_every=20, trackers=[], threads_per_process=0)
+
+
+@pytest.fixture(scope="session")
+def pretrained_lm(shared_root, library_corpus) -> str:
+    """A pretrain dataset (run directory) of test-tiny on the library corpus."""
+    from model.config import TrainConfig
+    from model.llama import ModelConfig
+    from tasks.pretrain import VERSION, PretrainConfig, pretrain
+    from tasks.stage import run_stage
+
+    _, tok, shards = library_corpus
+    cfg = PretrainConfig(model=ModelConfig(preset="test-tiny"), train=TrainConfig(**PRETRAIN_STEPS))
+    return str(run_stage("pretrain", VERSION, pretrain, [shards, tok], cfg, shared_root, resumable=True))
+
+
+@pytest.fixture(scope="session")
+def site_warc(tmp_path_factory) -> Path:
+    """Python docs pages from six sections of the site, in one WARC file."""
+    from tests.helpers import python_doc_site_pages, write_warc
+
+    return write_warc(tmp_path_factory.mktemp("site-warc") / "docs.warc.gz", python_doc_site_pages(14))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(shared_root, site_warc) -> dict:
+    """The whole pipeline at test-tiny size on the site WARC, as a config tree: the pipeline test
+    runs it in-process and the service tests run it served, over the same content-addressed
+    root, so whichever runs first computes the datasets and the others find them."""
+    from tests.helpers import tiny_pipeline_config
+
+    return tiny_pipeline_config(shared_root / "pipeline", site_warc)
+

@@ -32,6 +32,18 @@ def python_doc_pages(n: int | None = None, start: int = 0) -> list[tuple[str, by
     return [(f"https://docs.python.org/3.11/{f.relative_to(PYDOCS)}", f.read_bytes(), "text/html; charset=utf-8") for f in files]
 
 
+def bad_pages() -> list[tuple[str, bytes, str]]:
+    good = python_doc_pages(2)
+    latin1 = "<html><body><article><p>" + "Café crème à la française, très bon. " * 20 + "</p></article></body></html>"
+    return good + [
+        ("http://bad.test/latin1-declared", latin1.encode("latin-1"), "text/html; charset=iso-8859-1"),
+        ("http://bad.test/not-utf8", latin1.encode("latin-1"), "text/html"),
+        ("http://bad.test/empty", b"", "text/html"),
+        ("http://bad.test/huge", b"<html><body>" + b"<p>word </p>" * 1_800_000 + b"</body></html>", "text/html"),
+        ("http://bad.test/binary", bytes(range(256)) * 40, "text/html"),
+    ]
+
+
 Route = Callable[[BaseHTTPRequestHandler], tuple[int, dict, bytes]]
 
 
@@ -126,3 +138,68 @@ def compose_config(tmp: Path, values: dict[str, str] | None = None) -> dict:
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
     return json.loads(out.stdout)
+
+
+def tiny_pipeline_config(root: Path, warc: Path) -> dict:
+    """The whole pipeline at test-tiny size on one WARC file, as a config tree (YAML-ready)."""
+    from flows.config import load_config
+
+    return {
+        "root": str(root),
+        "ingest": {"paths": [str(warc)]},
+        "extract": {"workers": 2},
+        # the demo's rules for documentation pages, which FineWeb's defaults would mostly drop
+        "clean": {**load_config().clean.model_dump(mode="json"), "workers": 2},
+        "dedup": {"workers": 2},
+        "tokenizer": {"vocab_size": 512},
+        "tokenize": {"val_fraction": 0.2},
+        "pretrain": {"model": {"preset": "test-tiny"},
+                     "train": {"steps": 20, "micro_batch_size": 8, "eval_every": 10, "checkpoint_every": 10, "warmup_steps": 2, "trackers": []}},
+        "finetune": {"examples": {"label_pattern": r"^/3\.11/([a-z-]+)/", "min_class_size": 8},
+                     "train": {"steps": 10, "eval_every": 5, "checkpoint_every": 5, "trackers": []}},
+        "evaluate": {"lm_eval": {"items": 8}, "generation": {"max_new_tokens": 4}},
+    }
+
+
+# Training runs in tests: a test-tiny run spec on a tokenized corpus and readers of its outputs.
+
+def run_spec(data: tuple[str, str], out: Path, **train):
+    """A test-tiny RunSpec on (tokenizer, shards): 40 steps of 8 x 64 tokens unless overridden."""
+    from model.config import TrainConfig
+    from model.llama import ModelConfig
+    from model.train import RunSpec
+    from tasks.stage import load_manifest
+
+    tok, shards = data
+    st = load_manifest(shards).stats
+    base = dict(steps=40, micro_batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5, eval_every=20, eval_windows=16,
+                checkpoint_every=20, log_every=1, trackers=[], threads_per_process=1)
+    return RunSpec(
+        model=ModelConfig(preset="test-tiny", vocab_size=512),
+        train=TrainConfig(**{**base, **train}),
+        shards=str(shards),
+        tokenizer=str(Path(tok) / "tokenizer.model"),
+        out=str(out),
+        val_bytes_per_token=st["bytes"]["val"] / st["tokens"]["val"],
+    )
+
+
+def metrics(out: Path) -> list[dict]:
+    import json
+
+    return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in metrics(out) if "loss" in m}
+
+
+def weights(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(out) / "final" / "model.safetensors"))
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)

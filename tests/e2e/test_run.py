@@ -29,6 +29,8 @@ def test_pydoc_site_serves_the_stdlib_only():
         assert b"prefect" not in index and b"json" in index  # site-packages stay off the path
 
 
+@pytest.mark.prefect_server  # the embedded one, from a fresh PREFECT_HOME: what `make run` does on a new machine
+@pytest.mark.trainer
 def test_llmill_run_on_builtin_pydoc(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
     small = ["crawl.max_pages=40", "tokenizer.vocab_size=512", "pretrain.model.preset=test-tiny", "pretrain.train.steps=20",

@@ -11,10 +11,11 @@ import pytest
 from flows.config import LlmillConfig, load_config
 from flows.data import data_flow
 from tasks.stage import load_manifest
-from tests.helpers import python_doc_pages, write_warc
-from tests.unit.test_extract import bad_pages
+from tests.helpers import bad_pages, python_doc_pages, write_warc
 
 STAGES = ("ingest", "extract", "clean", "dedup")
+
+pytestmark = pytest.mark.prefect_server
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,16 @@ def run(cfg: LlmillConfig):
     return state.result(), task_states(state)
 
 
-def test_bad_input_is_quarantined_and_the_flow_completes(prefect_harness, tmp_path, warcs):
-    result, states = run(config(tmp_path, warcs))
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, warcs, tmp_path_factory) -> tuple[Path, dict, dict]:
+    """The data flow's first run on a new root: what the bad-input test inspects and where the
+    caching test starts from (it deletes and rebuilds the clean dataset in place, same content)."""
+    root = tmp_path_factory.mktemp("data-flow-root")
+    return (root, *run(config(root, warcs)))
+
+
+def test_bad_input_is_quarantined_and_the_flow_completes(first_run):
+    _, result, states = first_run
     assert set(states.values()) == {"Completed"}
     ext = load_manifest(result["docs"]).stats
     assert ext["quarantined_by_reason"].keys() >= {"bad_encoding", "empty", "too_large", "binary", "damaged_warc"}
@@ -75,8 +84,8 @@ def test_bad_input_is_quarantined_and_the_flow_completes(prefect_harness, tmp_pa
     assert all(d["rule"] for d in dropped)
 
 
-def test_caching_across_runs(prefect_harness, tmp_path, warcs):
-    first, states = run(config(tmp_path, warcs))
+def test_caching_across_runs(first_run, warcs):
+    tmp_path, first, states = first_run
     assert all(states[s] == "Completed" for s in STAGES), states
     created = {s: load_manifest(first[k]).created_at for s, k in zip(STAGES[1:], ("docs", "clean", "dedup"))}
 

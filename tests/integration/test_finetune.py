@@ -11,26 +11,23 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from model.config import TrainConfig
-from model.llama import ModelConfig
 from tasks.evaluate import evaluate_classifier, predict_classes, read_split
 from tasks.examples import ExamplesConfig, ExamplesError, examples
 from tasks.finetune import FinetuneConfig, FinetuneTrainConfig, finetune
-from tasks.pretrain import PretrainConfig, pretrain
 from tasks.stage import load_manifest, run_stage
-from tests.corpus import library_texts, section_examples, tokenized, write_examples_csv
+from tests.corpus import library_texts, section_examples, write_examples_csv
 
 CONTEXT = 128
 
 
+pytestmark = pytest.mark.trainer
+
+
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("finetune")
-    docs, tok, shards = tokenized(root, 120)
-    train = TrainConfig(steps=300, micro_batch_size=16, seq_len=64, lr=3e-3, warmup_steps=20, eval_every=100, checkpoint_every=300,
-                        log_every=50, trackers=[], threads_per_process=2)
-    run = run_stage("pretrain", 1, pretrain, [shards, tok], PretrainConfig(model=ModelConfig(preset="test-tiny"), train=train), root)
-    return root, docs, tok, str(run)
+def pretrained(shared_root, library_corpus, pretrained_lm):
+    """The suite's shared corpus and its 300-step pretraining (conftest.py)."""
+    docs, tok, _ = library_corpus
+    return shared_root, docs, tok, pretrained_lm
 
 
 def make_examples(root: Path, docs: str, tok: str, rows: list[dict] | None = None, path: Path | None = None, **cfg) -> str:
@@ -49,7 +46,7 @@ def test_classifier_beats_the_majority_baseline(pretrained):
     assert stats["labels"] == ["c-api", "guide", "library", "whatsnew"] and stats["truncated"] > 0
     cfg = FinetuneConfig(examples=ExamplesConfig(max_tokens=CONTEXT),
                          train=FinetuneTrainConfig(steps=150, micro_batch_size=16, eval_every=25, checkpoint_every=50,
-                                                   trackers=[], threads_per_process=2, log_every=25),
+                                                   trackers=[], threads_per_process=0, log_every=25),
                          balance_classes=True)
     ft = run_stage("finetune", 1, finetune, [ex, run, tok], cfg, root, resumable=True)
     summary = load_manifest(ft).stats
@@ -84,7 +81,7 @@ def test_sft_trains_on_responses_and_exports(pretrained, tmp_path):
     assert labels[0] == -100 and labels[-1] == ids[-1] == 3  # <s> masked, </s> learnt
     cfg = FinetuneConfig(examples=ExamplesConfig(kind="sft", max_tokens=CONTEXT),
                          train=FinetuneTrainConfig(steps=20, micro_batch_size=8, eval_every=10, checkpoint_every=10,
-                                                   trackers=[], threads_per_process=2, select_metric="val_loss"))
+                                                   trackers=[], threads_per_process=0, select_metric="val_loss"))
     ft = run_stage("finetune", 1, finetune, [ex, run, tok], cfg, root, resumable=True)
     stats = load_manifest(ft).stats
     assert stats["kind"] == "sft" and stats["val_loss"] < 20
@@ -134,14 +131,14 @@ def test_bad_labelled_data_gets_clear_errors(pretrained, tmp_path):
     assert [l for l in labels if l != -100] == response == ids[-len(response):]  # the whole response kept and learnt
 
 
-def test_lm_scores_and_baselines_use_exactly_the_val_text(pretrained):
+def test_lm_scores_and_baselines_use_exactly_the_val_text(pretrained, library_corpus):
     import lzma
 
     from tasks.evaluate import EvaluateConfig, evaluate_lm, load_lm, load_tokenizer
     from tasks.tokenize import TokenizeConfig, split_of
 
     root, docs, tok, run = pretrained
-    shards = next(str(p) for p in (root / "tokenize").iterdir() if (p / "manifest.json").exists())
+    shards = library_corpus[2]
     texts = library_texts(120)
     val_text = "".join(t + "\n" for i, t in enumerate(texts) if split_of(f"lib-{i:04d}", TokenizeConfig(val_fraction=0.1)) == "val")
     result = evaluate_lm(load_lm(run), shards, load_tokenizer(tok), EvaluateConfig(generation={"max_new_tokens": 4}))

@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.gpu_check import peak_tflops
+from model.train import effective_precision
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
@@ -31,6 +34,7 @@ def test_without_a_gpu_it_refuses_unless_asked_for_cpu(tmp_path):
     assert not (tmp_path / "shards").exists()
 
 
+@pytest.mark.trainer
 def test_ddp_and_fsdp_on_two_cpu_processes_report_throughput_and_mfu(tmp_path):
     out = tmp_path / "gpu"
     cmd = [sys.executable, str(SCRIPT), "--allow-cpu", "--out", str(out), "--preset", "test-tiny", "--vocab", "512", "--steps", "4",
@@ -40,7 +44,11 @@ def test_ddp_and_fsdp_on_two_cpu_processes_report_throughput_and_mfu(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     report = json.loads((out / "gpu-check.json").read_text())
     assert report["precision"] == "bf16" and report["compile"] is True
-    assert report["bf16_matmul_tflops"] > 0
+    # the reference matmul is timed in the precision the trainer computes in: bf16, or fp32 on a
+    # CPU without native bf16, where the trainer falls back to fp32 (model/train.py)
+    dtype = report["matmul_dtype"]
+    assert dtype == ("bf16" if effective_precision("bf16", cpu=True)[0] == "bf16" else "fp32")
+    assert report[f"{dtype}_matmul_tflops"] > 0
     by_mode = {r["mode"]: r for r in report["results"]}
     assert set(by_mode) == {"ddp", "fsdp"}
     for mode, r in by_mode.items():
@@ -49,7 +57,8 @@ def test_ddp_and_fsdp_on_two_cpu_processes_report_throughput_and_mfu(tmp_path):
         assert r["tokens_per_s"] > 0
         # CPU processes share one machine: MFU is against one device's peak
         assert abs(r["mfu"] - r["model_tflops"] / 10) < 1e-3
-        assert 0 < r["share_of_bf16_matmul"] < 1
+        assert r["computed_in"] == {"bf16": "bf16", "fp32": "no"}[dtype]
+        assert 0 < r[f"share_of_{dtype}_matmul"] < 1
     assert by_mode["ddp"]["local_param_fraction"] == 1.0
     assert by_mode["fsdp"]["local_param_fraction"] < 0.6  # each rank holds its shard
     assert (out / "run-fsdp" / "final" / "model.safetensors").is_file()  # full weights gathered from the shards

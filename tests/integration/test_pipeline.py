@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import LlmillConfig, load_config
+from flows.config import LlmillConfig
 from flows.pipeline import pipeline_flow
-from tests.helpers import python_doc_site_pages, write_warc
 
 EVAL_KEYS = {
     "language_model": {"val_loss", "val_ppl", "val_bpb", "val_tokens", "val_bytes", "baselines", "generations"},
@@ -19,24 +18,6 @@ EVAL_KEYS = {
     "bias_probe": {"templates_file", "method", "categories", "max_spread"},
     "lm_eval": {"task", "items", "choices", "chance", "acc", "acc_norm", "command"},
 }
-
-
-def config(root: Path, warc: Path) -> LlmillConfig:
-    return LlmillConfig.model_validate({
-        "root": str(root),
-        "ingest": {"paths": [str(warc)]},
-        "extract": {"workers": 2},
-        "clean": {**load_config().clean.model_dump(), "workers": 2},
-        "dedup": {"workers": 2},
-        "tokenizer": {"vocab_size": 512},
-        "tokenize": {"val_fraction": 0.2},
-        "pretrain": {"model": {"preset": "test-tiny"},
-                     "train": {"steps": 40, "micro_batch_size": 8, "eval_every": 20, "checkpoint_every": 20, "warmup_steps": 5,
-                               "trackers": [], "threads_per_process": 2}},
-        "finetune": {"examples": {"label_pattern": r"^/3\.11/([a-z-]+)/", "min_class_size": 8},
-                     "train": {"steps": 30, "eval_every": 10, "checkpoint_every": 10, "trackers": [], "threads_per_process": 2}},
-        "evaluate": {"lm_eval": {"items": 8}, "generation": {"max_new_tokens": 8}},
-    })
 
 
 def all_task_states(flow_run_id) -> dict[str, str]:
@@ -55,13 +36,13 @@ def all_task_states(flow_run_id) -> dict[str, str]:
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
-@pytest.fixture(scope="module")
-def warc(tmp_path_factory) -> Path:
-    return write_warc(tmp_path_factory.mktemp("pipeline-warc") / "docs.warc.gz", python_doc_site_pages(14))
-
-
-def test_pipeline_end_to_end_then_all_cached(prefect_harness, tmp_path, warc):
-    state = pipeline_flow(config(tmp_path, warc), return_state=True)
+@pytest.mark.prefect_server
+@pytest.mark.trainer
+def test_pipeline_end_to_end_then_all_cached(prefect_harness, tiny_pipeline):
+    # the datasets may already be on the shared root (the served runs of test_serve compute the
+    # same ones); this server's task cache is new to them, so every stage runs as a task here
+    config = LlmillConfig.model_validate(tiny_pipeline)
+    state = pipeline_flow(config, return_state=True)
     assert state.is_completed(), state
     result = state.result()
     states = all_task_states(state.state_details.flow_run_id)
@@ -92,7 +73,7 @@ def test_pipeline_end_to_end_then_all_cached(prefect_harness, tmp_path, warc):
             artifact = client.read_latest_artifacts(limit=50)
             assert any(a.key == key for a in artifact), key
 
-    again = pipeline_flow(config(tmp_path, warc), return_state=True)
+    again = pipeline_flow(config, return_state=True)
     assert again.is_completed() and again.result() == result
     states = all_task_states(again.state_details.flow_run_id)
     assert stages <= states.keys() and all(states[s] == "Cached" for s in stages), states

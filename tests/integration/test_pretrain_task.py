@@ -20,14 +20,15 @@ from model.llama import ModelConfig
 from tasks.orchestration import call_stage
 from tasks.pretrain import VERSION, PretrainConfig, pretrain_task
 from tasks.stage import load_manifest, stage_dir
-from tests.integration.test_train import losses, max_diff, metrics, spec
+from tests.helpers import losses, max_diff, metrics, run_spec
+
+
+pytestmark = pytest.mark.trainer
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from tests.corpus import tokenized
-
-    _, tok, shards = tokenized(tmp_path_factory.mktemp("pretrain-task"), 120)
+def data(library_corpus):
+    _, tok, shards = library_corpus
     return tok, shards
 
 
@@ -60,6 +61,7 @@ def kill_after_checkpoint(partial: Path, step: int, killed: list[int]) -> thread
     return thread
 
 
+@pytest.mark.prefect_server
 def test_task_retry_resumes_from_the_last_checkpoint(prefect_harness, data, tmp_path):
     tok, shards = data
     train = dict(steps=40, micro_batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5, eval_every=20, eval_windows=16,
@@ -87,14 +89,14 @@ def test_task_retry_resumes_from_the_last_checkpoint(prefect_harness, data, tmp_
 
     # the resumed run ends where an uninterrupted run of the same steps ends
     straight = tmp_path / "straight"
-    run_training(spec(data, straight, trackers=[]))
+    run_training(run_spec(data, straight, trackers=[]))
     assert max_diff(load_file(str(straight / "final" / "model.safetensors")), load_file(str(run / "final" / "model.safetensors"))) <= 1e-6
 
 
 def test_compiled_training_tracks_eager(data, tmp_path):
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
-    run_training(spec(data, eager, steps=6, eval_every=6, checkpoint_every=6))
-    run_training(spec(data, compiled, steps=6, eval_every=6, checkpoint_every=6, compile=True))
+    run_training(run_spec(data, eager, steps=6, eval_every=6, checkpoint_every=6))
+    run_training(run_spec(data, compiled, steps=6, eval_every=6, checkpoint_every=6, compile=True))
     le, lc = losses(eager), losses(compiled)
     assert le.keys() == lc.keys()
     assert max(abs(le[k] - lc[k]) for k in le) < 1e-3, (le, lc)

@@ -20,6 +20,8 @@ from tasks.stage import file_sha256, load_manifest, run_stage
 from tasks.tokenize import SPLITS, VERSION as TOKENIZE_VERSION, tokenize
 from tests.helpers import PYDOCS, Site
 
+pytestmark = [pytest.mark.prefect_server, pytest.mark.trainer]
+
 PAGES = 12
 
 

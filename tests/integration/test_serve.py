@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,8 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from flows.config import load_config
-from tests.helpers import compose_config, python_doc_site_pages, write_warc
+from tests.helpers import compose_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -54,10 +54,25 @@ def worker_env_from_compose(tmp: Path, api: str, config: Path) -> dict:
     return env
 
 
+@pytest.fixture(scope="module")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    """A SQLite database with Prefect's schema, migrated once: each test still starts its own
+    server on a fresh copy, without the 15-20 s of migrations a new database costs."""
+    home = tmp_path_factory.mktemp("prefect-db-template")
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
+    done = subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and (home / "prefect.db").is_file(), done.stdout[-2000:] + done.stderr[-2000:]
+    return home / "prefect.db"
+
+
 @contextmanager
-def prefect_server(home: Path, database_url: str | None = None):
-    """`prefect server start` as docker-compose runs it, on 127.0.0.1 and a free port. Yields
-    (client environment with the server's URL and credentials, API URL)."""
+def prefect_server(home: Path, database_url: str | None = None, sqlite_template: Path | None = None):
+    """`prefect server start` as docker-compose runs it, on 127.0.0.1 and a free port, on
+    PostgreSQL at `database_url` or else on SQLite (a copy of `sqlite_template` when given).
+    Yields (client environment with the server's URL and credentials, API URL)."""
+    if database_url is None and sqlite_template is not None:
+        shutil.copyfile(sqlite_template, home / "prefect.db")
     port = free_port()
     cmd, server_env = server_from_compose(home, port, database_url)
     api = f"http://127.0.0.1:{port}/api"
@@ -145,22 +160,6 @@ def api_client(env: dict) -> httpx.Client:
     return httpx.Client(auth=(user, password), timeout=30)
 
 
-def tiny_config(root: Path, warc: Path) -> dict:
-    return {
-        "root": str(root / "data"),
-        "ingest": {"paths": [str(warc)]},
-        "extract": {"workers": 2},
-        "clean": {**load_config().clean.model_dump(mode="json"), "workers": 2},
-        "tokenizer": {"vocab_size": 512},
-        "tokenize": {"val_fraction": 0.2},
-        "pretrain": {"model": {"preset": "test-tiny"},
-                     "train": {"steps": 20, "micro_batch_size": 8, "eval_every": 10, "checkpoint_every": 10, "warmup_steps": 2, "trackers": []}},
-        "finetune": {"examples": {"label_pattern": r"^/3\.11/([a-z-]+)/", "min_class_size": 8},
-                     "train": {"steps": 10, "eval_every": 5, "checkpoint_every": 5, "trackers": []}},
-        "evaluate": {"lm_eval": {"items": 8}, "generation": {"max_new_tokens": 4}},
-    }
-
-
 def wait_for(fn, timeout: float, what: str, step: float = 1.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -201,21 +200,26 @@ def run_to_completion(http: httpx.Client, api: str, deployment_id: str, log: Pat
     return run
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.browser), pytest.param("postgresql", marks=pytest.mark.database)])
 def database(request):
+    """(PostgreSQL URL or None, SQLite template or None)."""
     if request.param == "sqlite":
-        yield None
+        yield None, request.getfixturevalue("migrated_sqlite")
     else:
         with postgres_cluster() as url:
-            yield url
+            yield url, None
 
 
-def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database):
-    warc = write_warc(tmp_path / "docs.warc.gz", python_doc_site_pages(14))
+@pytest.mark.prefect_server
+@pytest.mark.trainer
+def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database, tiny_pipeline):
+    # a fresh server and serve process each time; the datasets on the shared root are reused
+    # (test_pipeline and the other database's run compute the same ones)
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(tmp_path, warc)))
+    config.write_text(yaml.safe_dump(tiny_pipeline))
     (tmp_path / "prefect").mkdir()
-    with prefect_server(tmp_path / "prefect", database) as (env, api), api_client(env) as http:
+    database, sqlite_template = database
+    with prefect_server(tmp_path / "prefect", database, sqlite_template) as (env, api), api_client(env) as http:
         serve_log = tmp_path / "serve.log"
         with open(serve_log, "w") as log:
             serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config)], cwd=ROOT, env=env,
@@ -276,9 +280,10 @@ def ui_shows_the_run_and_its_report(api: str, env: dict, flow_run: dict, artifac
         assert browser.screenshot(shots / "ui-report-artifact.png").stat().st_size > 10_000
 
 
-def test_basic_auth_refuses_clients_without_credentials(tmp_path):
+@pytest.mark.prefect_server
+def test_basic_auth_refuses_clients_without_credentials(tmp_path, migrated_sqlite):
     (tmp_path / "prefect").mkdir()
-    with prefect_server(tmp_path / "prefect") as (env, api):
+    with prefect_server(tmp_path / "prefect", sqlite_template=migrated_sqlite) as (env, api):
         assert httpx.get(f"{api}/health").status_code == 200  # health stays open for probes
         assert httpx.post(f"{api}/deployments/filter", json={}).status_code == 401
         assert httpx.post(f"{api}/deployments/filter", json={}, auth=("llmill", "wrong")).status_code == 401
@@ -293,13 +298,13 @@ def test_basic_auth_refuses_clients_without_credentials(tmp_path):
         assert denied.returncode != 0 and "401" in denied.stderr, denied.stderr[-2000:]
 
 
-def test_worker_script_registers_and_runs_deployments(tmp_path):
+@pytest.mark.prefect_server
+def test_worker_script_registers_and_runs_deployments(tmp_path, tiny_pipeline, migrated_sqlite):
     """deploy/worker.sh, natively, with the worker service's environment from docker-compose.yml."""
-    warc = write_warc(tmp_path / "docs.warc.gz", python_doc_site_pages(4))
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(tmp_path, warc)))
+    config.write_text(yaml.safe_dump(tiny_pipeline))
     (tmp_path / "prefect").mkdir()
-    with prefect_server(tmp_path / "prefect") as (env, api), api_client(env) as http:
+    with prefect_server(tmp_path / "prefect", sqlite_template=migrated_sqlite) as (env, api), api_client(env) as http:
         worker_env = {**env, **worker_env_from_compose(tmp_path, api, config),
                       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         worker_log = tmp_path / "worker.log"
@@ -315,7 +320,7 @@ def test_worker_script_registers_and_runs_deployments(tmp_path):
             found = {d["name"]: d for d in wait_for(deployments, 180, "the deployments the worker registers")}
             assert {d["work_pool_name"] for d in found.values()} == {worker_env["LLMILL_WORK_POOL"]}
             run_to_completion(http, api, found["data"]["id"], worker_log, 300)
-            assert list((tmp_path / "data" / "dedup").glob("*/manifest.json"))
+            assert list((Path(tiny_pipeline["root"]) / "dedup").glob("*/manifest.json"))
             assert any((tmp_path / "results").iterdir())  # results persisted where the compose volume would hold them
         finally:
             stop(worker)

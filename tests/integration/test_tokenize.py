@@ -13,14 +13,13 @@ from model.data import ShardError, TokenWindows, open_tokens
 from tasks.stage import load_manifest, run_stage
 from tasks.tokenize import TokenizeConfig, token_dtype, tokenize
 from tasks.train_tokenizer import EOS, TokenizerConfig, train_tokenizer
-from tests.corpus import corpus_dataset, library_texts, tokenized
+from tests.corpus import corpus_dataset, library_texts
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tok")
-    docs, tok, shards = tokenized(root, 80)
-    return root, docs, Path(tok), Path(shards)
+def built(shared_root, library_corpus):
+    docs, tok, shards = library_corpus
+    return shared_root, docs, Path(tok), Path(shards)
 
 
 def test_tokenizer_is_deterministic(built, tmp_path):
@@ -57,7 +56,7 @@ def test_shards_round_trip(built):
 
 def test_split_is_stable_when_the_corpus_grows(built, tmp_path):
     root, docs, tok, shards = built
-    bigger = corpus_dataset(tmp_path, "lib", library_texts(100))  # the same ids, and 20 more
+    bigger = corpus_dataset(tmp_path, "lib", library_texts(140))  # the same ids, and 20 more
     more = run_stage("tokenize", 1, tokenize, [bigger, str(tok)], TokenizeConfig(val_fraction=0.1), tmp_path)
 
     def val_ids(ds):

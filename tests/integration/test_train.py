@@ -15,55 +15,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from model.config import TrainConfig
 from model.data import open_tokens
 from model.launch import TrainingFailed, launch_command, run_training
 from model.llama import ModelConfig
-from model.train import RunSpec
 from tasks.stage import load_manifest
-from tests.corpus import tokenized
+from tests.helpers import losses, max_diff, metrics, run_spec, weights
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+pytestmark = pytest.mark.trainer
+
+
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    _, tok, shards = tokenized(tmp_path_factory.mktemp("train-data"), 120)
+def data(library_corpus):
+    _, tok, shards = library_corpus
     return tok, shards
-
-
-def spec(data, out: Path, **train) -> RunSpec:
-    tok, shards = data
-    st = load_manifest(shards).stats
-    base = dict(steps=40, micro_batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5, eval_every=20, eval_windows=16,
-                checkpoint_every=20, log_every=1, trackers=[], threads_per_process=1)
-    return RunSpec(
-        model=ModelConfig(preset="test-tiny", vocab_size=512),
-        train=TrainConfig(**{**base, **train}),
-        shards=str(shards),
-        tokenizer=str(Path(tok) / "tokenizer.model"),
-        out=str(out),
-        val_bytes_per_token=st["bytes"]["val"] / st["tokens"]["val"],
-    )
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(out: Path) -> dict[int, float]:
-    return {m["step"]: m["loss"] for m in metrics(out) if "loss" in m}
-
-
-def weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "final" / "model.safetensors"))
-
-
-def max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
 def unigram_entropy(shards: str) -> float:
@@ -73,9 +41,10 @@ def unigram_entropy(shards: str) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def test_loss_goes_below_unigram_entropy_and_exports_to_hf(data, tmp_path):
-    out = tmp_path / "run"
-    summary = run_training(spec(data, out, steps=300, eval_every=100, checkpoint_every=300, micro_batch_size=16, log_every=20))
+def test_loss_goes_below_unigram_entropy_and_exports_to_hf(data, pretrained_lm, tmp_path):
+    out = Path(pretrained_lm)  # the suite's one 300-step pretraining (conftest.PRETRAIN_STEPS), shared with the fine-tuning tests
+    summary = load_manifest(out).stats
+    assert summary["steps"] == 300
     h = unigram_entropy(data[1])
     assert summary["val_loss"] < 0.85 * h, (summary["val_loss"], h)
     assert summary["val_bpb"] > 0 and math.isclose(summary["val_ppl"], math.exp(summary["val_loss"]), rel_tol=1e-6)
@@ -89,7 +58,7 @@ def test_loss_goes_below_unigram_entropy_and_exports_to_hf(data, tmp_path):
 
     from model.export import export_hf, logits_ours
 
-    hf_dir = export_hf(out / "final" / "model.safetensors", spec(data, out).model, Path(data[0]) / "tokenizer.model", tmp_path / "hf")
+    hf_dir = export_hf(out / "final" / "model.safetensors", run_spec(data, out).model, Path(data[0]) / "tokenizer.model", tmp_path / "hf")
     assert (hf_dir / "model.safetensors").exists() and (hf_dir / "tokenizer.json").exists()
     assert json.loads((hf_dir / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
@@ -100,17 +69,18 @@ def test_loss_goes_below_unigram_entropy_and_exports_to_hf(data, tmp_path):
     assert ids == [2] + sp.encode(text)
     x = torch.tensor([ids])
     with torch.no_grad():
-        diff = (hf(x).logits - logits_ours(out / "final" / "model.safetensors", spec(data, out).model, x)).abs().max()
+        diff = (hf(x).logits - logits_ours(out / "final" / "model.safetensors", run_spec(data, out).model, x)).abs().max()
     assert float(diff) <= 1e-4, float(diff)
     generated = hf.generate(x, max_new_tokens=8, do_sample=False)
     assert generated.shape[1] == x.shape[1] + 8
 
 
 def test_exact_resume_after_sigkill(data, tmp_path):
+    # own runs: the straight run and the killed one must share every setting but the kill
     straight = tmp_path / "straight"
-    run_training(spec(data, straight))
+    run_training(run_spec(data, straight))
     killed = tmp_path / "killed"
-    s = spec(data, killed)
+    s = run_spec(data, killed)
     killed.mkdir()
     (killed / "run.json").write_text(s.model_dump_json())
     cmd, env = launch_command(killed / "run.json", s)
@@ -128,9 +98,10 @@ def test_exact_resume_after_sigkill(data, tmp_path):
 
 
 def test_ddp_two_processes_form_one_group(data, tmp_path):
+    # own runs: rank logs, the equal-batch single run and the 2->1 resume are what is tested
     events = []
     ddp = tmp_path / "ddp"
-    s = spec(data, ddp, distributed="ddp", num_processes=2, micro_batch_size=4)
+    s = run_spec(data, ddp, distributed="ddp", num_processes=2, micro_batch_size=4)
     run_training(s.model_copy(update={"debug_weight_digests": True}), on_event=events.append)
     start = next(e for e in events if e["event"] == "start")
     assert start["world"] == 2
@@ -141,12 +112,12 @@ def test_ddp_two_processes_form_one_group(data, tmp_path):
         assert a["first_sample"] != b["first_sample"]  # different data
     # equal global batch: one process with 8 windows per step sees the same samples
     single = tmp_path / "single"
-    run_training(spec(data, single, micro_batch_size=8))
+    run_training(run_spec(data, single, micro_batch_size=8))
     l1, l2 = losses(single), losses(ddp)
     assert max(abs(l1[k] - l2[k]) for k in l1) < 2e-3, [(k, l1[k], l2[k]) for k in list(l1)[:5]]
 
     # a run checkpointed with 2 processes resumes with 1 (same global batch: 4 x 2 accumulation)
-    longer = spec(data, ddp, steps=60, micro_batch_size=4, grad_accum=2)
+    longer = run_spec(data, ddp, steps=60, micro_batch_size=4, grad_accum=2)
     lines = []
     run_training(longer, on_line=lines.append)
     assert any("resumed from" in l and "step 40" in l for l in lines)
@@ -156,7 +127,7 @@ def test_ddp_two_processes_form_one_group(data, tmp_path):
 def test_a_launch_that_gives_the_wrong_world_is_refused(data, tmp_path):
     """`accelerate launch --cpu --num_processes 2` starts ONE process on CPU: asked for 2, the
     trainer refuses instead of silently training alone."""
-    s = spec(data, tmp_path / "bad", distributed="ddp", num_processes=2, micro_batch_size=4)
+    s = run_spec(data, tmp_path / "bad", distributed="ddp", num_processes=2, micro_batch_size=4)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "run.json").write_text(s.model_dump_json())
     accelerate = str(Path(sys.executable).parent / "accelerate")
@@ -170,22 +141,24 @@ def test_a_launch_that_gives_the_wrong_world_is_refused(data, tmp_path):
 
 
 def test_fsdp_shards_parameters_and_tracks_ddp(data, tmp_path):
+    # own runs: FSDP against DDP at one setting, neither is the shared 300-step run's
     events = []
     fsdp = tmp_path / "fsdp"
-    run_training(spec(data, fsdp, distributed="fsdp", num_processes=2, micro_batch_size=4, steps=20, checkpoint_every=10), on_event=events.append)
+    run_training(run_spec(data, fsdp, distributed="fsdp", num_processes=2, micro_batch_size=4, steps=20, checkpoint_every=10), on_event=events.append)
     start = next(e for e in events if e["event"] == "start")
     assert start["world"] == 2 and start["local_param_fraction"] < 0.6
     ddp = tmp_path / "ddp"
-    run_training(spec(data, ddp, distributed="ddp", num_processes=2, micro_batch_size=4, steps=20, checkpoint_every=10))
+    run_training(run_spec(data, ddp, distributed="ddp", num_processes=2, micro_batch_size=4, steps=20, checkpoint_every=10))
     lf, ld = losses(fsdp), losses(ddp)
     assert max(abs(lf[k] - ld[k]) for k in ld) < 2e-3
     assert max_diff(weights(fsdp), weights(ddp)) < 1e-3
 
 
 def test_checkpoint_from_another_model_config_is_refused(data, tmp_path):
+    # own run: it is resumed with another model config, which would spoil a shared one
     out = tmp_path / "run"
-    run_training(spec(data, out, steps=20, checkpoint_every=10))
-    other = spec(data, out, steps=30)
+    run_training(run_spec(data, out, steps=20, checkpoint_every=10))
+    other = run_spec(data, out, steps=30)
     other = other.model_copy(update={"model": ModelConfig(preset="test-tiny", vocab_size=512, d_ff=128)})
     with pytest.raises(TrainingFailed, match="another model config"):
         run_training(other)

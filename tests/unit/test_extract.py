@@ -7,7 +7,7 @@ import gzip
 import pytest
 
 from tasks.extract import ExtractConfig, decode_html, extract_warc, Quarantined
-from tests.helpers import python_doc_pages, write_warc
+from tests.helpers import bad_pages, python_doc_pages, write_warc
 
 
 
@@ -33,18 +33,6 @@ def test_resiliparse_backend_behind_the_same_interface(tmp_path):
     warc = write_warc(tmp_path / "docs.warc.gz", pages)
     docs, quarantine, _ = extract_warc(str(warc), ExtractConfig(backend="resiliparse"))
     assert not quarantine and "json.dumps" in docs[0]["text"]
-
-
-def bad_pages() -> list[tuple[str, bytes, str]]:
-    good = python_doc_pages(2)
-    latin1 = "<html><body><article><p>" + "Café crème à la française, très bon. " * 20 + "</p></article></body></html>"
-    return good + [
-        ("http://bad.test/latin1-declared", latin1.encode("latin-1"), "text/html; charset=iso-8859-1"),
-        ("http://bad.test/not-utf8", latin1.encode("latin-1"), "text/html"),
-        ("http://bad.test/empty", b"", "text/html"),
-        ("http://bad.test/huge", b"<html><body>" + b"<p>word </p>" * 1_800_000 + b"</body></html>", "text/html"),
-        ("http://bad.test/binary", bytes(range(256)) * 40, "text/html"),
-    ]
 
 
 def test_bad_pages_are_quarantined_with_reasons(tmp_path):
