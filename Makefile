@@ -35,13 +35,13 @@ system-packages: docs-pages
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 PYTEST_ARGS ?=
-FAST := not trainer and not prefect_server and not browser and not database
+FAST := not trainer and not prefect_server and not browser and not database and not dask_cluster
 SEEDS ?= 1 2 3
 
 test: $(STAMP) system-packages
 	$(PYTEST) tests $(PYTEST_ARGS)
 
-# The unit tier and the stage-level tests that start no trainer, Prefect server, browser or database.
+# The unit tier and the stage-level tests that start no trainer, Prefect server, browser, database or Dask cluster.
 test-fast: $(STAMP) docs-pages
 	$(PYTEST) -m "$(FAST)" tests $(PYTEST_ARGS)
 

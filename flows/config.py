@@ -12,6 +12,7 @@ from tasks.clean import CleanConfig
 from tasks.crawl import CrawlConfig
 from tasks.dedup import DedupConfig
 from tasks.evaluate import EvaluateConfig
+from tasks.executor import ExecutorConfig
 from tasks.extract import ExtractConfig
 from tasks.finetune import FinetuneConfig
 from tasks.ingest import IngestConfig
@@ -52,6 +53,7 @@ class LlmillConfig(BaseModel):
 
     name: str = "demo"
     root: str = Field("data", description="where every dataset is written (a path)")
+    executor: ExecutorConfig = ExecutorConfig()
     crawl: CrawlConfig = CrawlConfig()
     ingest: IngestConfig = IngestConfig()
     extract: ExtractConfig = ExtractConfig()

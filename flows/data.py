@@ -27,9 +27,9 @@ def data_flow(config: LlmillConfig) -> dict:
         raw.append(call_stage(ingest_task, [], config.ingest, root))
     if not raw:
         raise ValueError("nothing to read: set crawl.seeds and/or ingest.paths")
-    docs = call_stage(extract_task, raw, config.extract, root)
-    cleaned = call_stage(clean_task, [docs], config.clean, root)
-    deduped = call_stage(dedup_task, [cleaned], config.dedup, root)
+    docs = call_stage(extract_task, raw, config.extract, root, config.executor)
+    cleaned = call_stage(clean_task, [docs], config.clean, root, config.executor)
+    deduped = call_stage(dedup_task, [cleaned], config.dedup, root, config.executor)
     result = {"raw": raw, "docs": docs, "clean": cleaned, "dedup": deduped}
     create_markdown_artifact(summary_markdown(result), key="data-summary", description="data flow summary")
     return result

@@ -79,9 +79,9 @@ def data_refresh_flow(config: LlmillConfig, at: str = "") -> dict:
                                           "trained_tokens": first}
 
     raw = call_stage(recrawl_task, [latest["raw"]], RecrawlConfig(crawl=config.crawl, at=at), root)
-    docs = call_stage(extract_task, [raw], config.extract, root)
-    cleaned = call_stage(clean_task, [docs], config.clean, root)
-    deduped = call_stage(dedup_task, [cleaned], config.dedup, root)
+    docs = call_stage(extract_task, [raw], config.extract, root, config.executor)
+    cleaned = call_stage(clean_task, [docs], config.clean, root, config.executor)
+    deduped = call_stage(dedup_task, [cleaned], config.dedup, root, config.executor)
     tokens = call_stage(append_tokens_task, [latest["tokens"], deduped, tokenizer, raw], config.tokenize, root)
     entry = {"version": load_manifest(tokens).stats["version"], "at": at, "raw": raw, "docs": docs, "clean": cleaned,
              "dedup": deduped, "tokens": tokens, "run": latest.get("run"), "trained_tokens": latest.get("trained_tokens")}

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.extract import DOC_SCHEMA, map_shards
+from tasks.executor import ExecutorConfig, map_shards
+from tasks.extract import DOC_SCHEMA
 from tasks.pii import PIIConfig, redact
 from tasks.quality import (
     C4Config,
@@ -132,7 +133,7 @@ def clean_shard(args) -> dict:
             kept.append({**row, "text": info["text"]})
     pq.write_table(pa.Table.from_pylist(kept, CLEAN_SCHEMA), kept_out, compression="zstd")
     pq.write_table(pa.Table.from_pylist(dropped, DROPPED_SCHEMA), dropped_out, compression="zstd")
-    return {"in": len(rows), "kept": len(kept), "rules": rules, "pii": pii}
+    return {"in": len(rows), "kept": len(kept), "rules": dict(rules), "pii": dict(pii)}
 
 
 def doc_files(dataset: str, folder: str = "docs") -> list[Path]:
@@ -142,19 +143,21 @@ def doc_files(dataset: str, folder: str = "docs") -> list[Path]:
 
 def clean(inputs: list[str], cfg: CleanConfig, out: Path, progress: Progress = no_progress) -> dict:
     files = [f for ds in inputs for f in doc_files(ds)]
-    (out / "docs").mkdir()
-    (out / "dropped").mkdir()
+    (out / "docs").mkdir(exist_ok=True)
+    (out / "dropped").mkdir(exist_ok=True)
     jobs = [
-        (str(f), cfg, str(out / "docs" / f"part-{i:05d}.parquet"), str(out / "dropped" / f"part-{i:05d}.parquet"))
+        (str(f), (str(f), cfg, str(out / "docs" / f"part-{i:05d}.parquet"), str(out / "dropped" / f"part-{i:05d}.parquet")))
         for i, f in enumerate(files)
     ]
-    results = map_shards(clean_shard, jobs, cfg.workers, ["tasks.clean"], progress) if jobs else []
+    results, ran = map_shards(clean_shard, jobs, out, ["tasks.clean"], progress, workers=cfg.workers)
     rules: Counter = Counter()
     pii: Counter = Counter()
     for r in results:
         rules.update(r["rules"])
         pii.update(r["pii"])
     return {
+        "shards": len(jobs),
+        "shards_processed": ran,
         "documents_in": sum(r["in"] for r in results),
         "documents_out": sum(r["kept"] for r in results),
         "dropped": sum(rules.values()),
@@ -164,5 +167,5 @@ def clean(inputs: list[str], cfg: CleanConfig, out: Path, progress: Progress = n
 
 
 @task(name="clean", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def clean_task(inputs: list[str], cfg: CleanConfig, root: str) -> str:
-    return prefect_stage("clean", VERSION, clean, inputs, cfg, root)
+def clean_task(inputs: list[str], cfg: CleanConfig, root: str, executor: ExecutorConfig | None = None) -> str:
+    return prefect_stage("clean", VERSION, clean, inputs, cfg, root, executor=executor, sharded=True)

@@ -24,7 +24,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.clean import doc_files
-from tasks.extract import map_shards
+from tasks.executor import ExecutorConfig, map_shards
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, digest_of, no_progress
 
@@ -159,17 +159,37 @@ class Signer:
         return sig
 
 
-def sign_shard(args) -> tuple[str, list[str], list[str], np.ndarray | None]:
-    path, cfg = args
+SIGNED_SCHEMA = pa.schema([("id", pa.string()), ("hash", pa.string()), ("signature", pa.list_(pa.uint32()))])
+
+
+def sign_shard(args) -> dict:
+    """Exact hashes and MinHash signatures of one Parquet part, written to `signed_out`."""
+    path, cfg, signed_out = args
     table = pq.read_table(path, columns=["id", "text"])
     ids = table.column("id").to_pylist()
     texts = table.column("text").to_pylist()
     hashes = [exact_hash(t) for t in texts] if cfg.exact else [""] * len(ids)
-    sigs = None
-    if cfg.near:
+    sigs = pa.array([[]] * len(ids), pa.list_(pa.uint32()))
+    if cfg.near and texts:
         signer = Signer(cfg.shingle_words, cfg.num_perm, cfg.seed)
-        sigs = np.stack([signer.signature(t) for t in texts]) if texts else np.zeros((0, cfg.num_perm), np.uint32)
-    return path, ids, hashes, sigs
+        flat = np.concatenate([signer.signature(t) for t in texts])
+        sigs = pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, cfg.num_perm, dtype=np.int32)), pa.array(flat))
+    pq.write_table(pa.table({"id": ids, "hash": hashes, "signature": sigs}, schema=SIGNED_SCHEMA), signed_out)
+    return {"rows": len(ids)}
+
+
+def read_signed(paths: list[str], cfg: DedupConfig) -> tuple[list[str], list[str], np.ndarray | None]:
+    ids, hashes, sigs = [], [], []
+    for p in paths:
+        t = pq.read_table(p)
+        ids += t.column("id").to_pylist()
+        hashes += t.column("hash").to_pylist()
+        if cfg.near:
+            flat = t.column("signature").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            sigs.append(flat.astype(np.uint32).reshape(-1, cfg.num_perm))
+    if not cfg.near:
+        return ids, hashes, None
+    return ids, hashes, np.concatenate(sigs) if sigs else np.zeros((0, cfg.num_perm), np.uint32)
 
 
 INDEX_SCHEMA = pa.schema([("id", pa.string()), ("hash", pa.string()), ("signature", pa.list_(pa.uint32()))])
@@ -263,15 +283,16 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
     files = [f for ds in inputs for f in doc_files(ds)]
     index = (Path(cfg.index_dir) if cfg.index_dir else out.parent.parent / "index") / f"minhash-{cfg.index_key()}"
     segment = out.name.removesuffix(".partial")
-    signed = map_shards(sign_shard, [(str(f), cfg) for f in files], cfg.workers, ["tasks.dedup"], progress) if files else []
-    signed.sort(key=lambda r: r[0])
-    ids = [i for r in signed for i in r[1]]
-    hashes = [h for r in signed for h in r[2]]
-    sigs = np.concatenate([r[3] for r in signed]) if cfg.near and signed else None
+    scratch = out / ".signed"
+    scratch.mkdir(exist_ok=True)
+    signed = [str(scratch / f"part-{i:05d}.parquet") for i in range(len(files))]
+    _, ran = map_shards(sign_shard, [(str(f), (str(f), cfg, s)) for f, s in zip(files, signed)], out, ["tasks.dedup"],
+                        progress, workers=cfg.workers)
+    ids, hashes, sigs = read_signed(sorted(signed, key=lambda s: str(files[signed.index(s)])), cfg)  # documents in path order
     idx_ids, idx_hashes, idx_sigs = read_index(index, segment, set(ids), cfg.num_perm)
     dups = find_duplicates(ids, hashes, sigs, cfg, idx_ids, idx_hashes, idx_sigs if cfg.near else None)
 
-    (out / "docs").mkdir()
+    (out / "docs").mkdir(exist_ok=True)
     dup_rows = []
     for n, f in enumerate(files):
         t = pq.read_table(f)
@@ -293,6 +314,8 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
     exact = sum(1 for d in dups.values() if d[1] == "exact")
     index_set = set(idx_ids)
     return {
+        "shards": len(files),
+        "shards_processed": ran,
         "documents_in": len(ids),
         "exact_duplicates": exact,
         "near_duplicates": len(dups) - exact,
@@ -304,5 +327,5 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
 
 
 @task(name="dedup", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def dedup_task(inputs: list[str], cfg: DedupConfig, root: str) -> str:
-    return prefect_stage("dedup", VERSION, dedup, inputs, cfg, root)
+def dedup_task(inputs: list[str], cfg: DedupConfig, root: str, executor: ExecutorConfig | None = None) -> str:
+    return prefect_stage("dedup", VERSION, dedup, inputs, cfg, root, executor=executor, sharded=True)

@@ -1,18 +1,19 @@
 """extract: main text out of the HTML responses of WARC files, into Parquet documents.
 
-Each WARC file is one shard, processed in a worker process. A record that cannot be
-handled (damaged WARC, binary body, undecodable bytes, parser error, time-out, too large,
-no main text) goes to quarantine/ with the reason instead of stopping the run.
+The WARC files are planned into shards of about `executor.shard_bytes` (tasks/warc_ranges.py:
+large files split at record boundaries, small ones grouped); shard i writes
+docs/part-i.parquet, so the output depends on the shard size, never on the worker count or
+the engine (tasks/executor.py). A record that cannot be handled (damaged WARC, binary body,
+undecodable bytes, parser error, time-out, too large, no main text) goes to quarantine/ with
+the reason instead of stopping the run; a shard whose process dies is quarantined whole.
 """
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import re
 import signal
 import threading
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Literal
 
@@ -21,11 +22,13 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.config import usable_cpus
+from tasks.executor import ExecutorConfig, current_executor, map_shards
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
+from tasks.warc_ranges import RangeReader, plan_shards
 
-VERSION = 1
+VERSION = 2
+EXECUTOR_LAYOUT = ("shard_bytes",)  # the executor settings the output's part files depend on
 
 DOC_SCHEMA = pa.schema(
     [
@@ -63,7 +66,7 @@ class ExtractConfig(BaseModel):
     favor_precision: bool = False
     fast: bool = Field(True, description="trafilatura without its fallback extractors: about 1.3x faster, same text on 119 of 120 Python docs pages")
     min_text_chars: int = Field(1, ge=1)
-    workers: int = Field(0, ge=0, description="worker processes; 0 = one per core")
+    workers: int = Field(0, ge=0, description="shards at once on the local executor; 0 = one per core")
 
 
 def doc_id(url: str) -> str:
@@ -167,8 +170,9 @@ def extract_text(html: str, url: str, cfg: ExtractConfig) -> tuple[str, str]:
         signal.signal(signal.SIGALRM, old)
 
 
-def extract_warc(path: str, cfg: ExtractConfig) -> tuple[list[dict], list[dict], int]:
-    """Documents and quarantine rows of one WARC file, and the number of HTML responses seen."""
+def extract_warc(path: str, cfg: ExtractConfig, start: int = 0, end: int | None = None) -> tuple[list[dict], list[dict], int]:
+    """Documents and quarantine rows of the records of a WARC file in [start, end) (the whole
+    file by default; start must be a record's offset), and the number of HTML responses seen."""
     from warcio.archiveiterator import ArchiveIterator
 
     docs, quarantine, responses = [], [], 0
@@ -180,7 +184,7 @@ def extract_warc(path: str, cfg: ExtractConfig) -> tuple[list[dict], list[dict],
         )
 
     with open(path, "rb") as f:
-        it = ArchiveIterator(f)
+        it = ArchiveIterator(RangeReader(f, start, Path(path).stat().st_size if end is None else end))
         try:
             for record in it:
                 if record.format != "warc":  # warcio reads any bytes leniently, as ARC
@@ -198,12 +202,12 @@ def extract_warc(path: str, cfg: ExtractConfig) -> tuple[list[dict], list[dict],
                 responses += 1
                 length = int(record.rec_headers.get_header("Content-Length") or 0)
                 if length > cfg.max_html_bytes:
-                    reject(url, rid, it.get_record_offset(), length, f"too_large: {length} bytes > {cfg.max_html_bytes}")
+                    reject(url, rid, start + it.get_record_offset(), length, f"too_large: {length} bytes > {cfg.max_html_bytes}")
                     continue
                 body = record.content_stream().read()
                 if getattr(record.raw_stream, "limit", 0) > 0:  # the file ended inside this record
                     raise EOFError(f"record of {url} cut off after {len(body)} bytes")
-                offset = it.get_record_offset()  # known once the record is read
+                offset = start + it.get_record_offset()  # known once the record is read
                 try:
                     if not body.strip():
                         raise Quarantined("empty: no body")
@@ -240,32 +244,33 @@ def extract_warc(path: str, cfg: ExtractConfig) -> tuple[list[dict], list[dict],
     return docs, quarantine, responses
 
 
-def _work(args) -> tuple[str, int, int, int]:
-    path, cfg, docs_out, q_out = args
-    docs, quarantine, responses = extract_warc(path, cfg)
+def _write_shard(docs: list[dict], quarantine: list[dict], docs_out: str, q_out: str) -> None:
     pq.write_table(pa.Table.from_pylist(docs, DOC_SCHEMA), docs_out, compression="zstd")
     if quarantine:
         pq.write_table(pa.Table.from_pylist(quarantine, QUARANTINE_SCHEMA), q_out, compression="zstd")
-    return path, len(docs), len(quarantine), responses
+    else:  # a rerun of a shard that had quarantined records before must not keep them
+        Path(q_out).unlink(missing_ok=True)
 
 
-def process_pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
-    """Workers forked from a server that has already imported the heavy modules."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(preload)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+def extract_shard(args) -> dict:
+    ranges, cfg, docs_out, q_out = args
+    docs, quarantine, responses = [], [], 0
+    for r in ranges:
+        d, q, n = extract_warc(r[0], cfg, r[1], r[2])
+        docs += d
+        quarantine += q
+        responses += n
+    _write_shard(docs, quarantine, docs_out, q_out)
+    return {"documents": len(docs), "quarantined": len(quarantine), "html_responses": responses}
 
 
-def map_shards(fn, jobs: list, workers: int, preload: list[str], progress: Progress) -> list:
-    """Run `fn` over shard jobs in worker processes, reporting progress as shards finish."""
-    workers = min(workers or usable_cpus(), len(jobs)) or 1
-    results = []
-    with process_pool(workers, preload) as pool:
-        futures = [pool.submit(fn, job) for job in jobs]
-        for i, fut in enumerate(as_completed(futures), 1):
-            results.append(fut.result())
-            progress(i, len(jobs))
-    return results
+def quarantine_crashed_shard(args, reason: str) -> dict:
+    """The shard's process died (a parser crash): its records are quarantined, the stage goes on."""
+    ranges, _, docs_out, q_out = args
+    rows = [{"url": "", "warc_file": Path(r[0]).name, "warc_record_id": "", "offset": r[1], "bytes": r[2] - r[1],
+             "reason": f"crashed: {reason}"[:300]} for r in ranges]
+    _write_shard([], rows, docs_out, q_out)
+    return {"documents": 0, "quarantined": len(rows), "html_responses": 0}
 
 
 def warc_files(raw: list[str]) -> list[Path]:
@@ -280,13 +285,16 @@ def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress
     files = warc_files(inputs)
     if not files and not all(load_manifest(ds).stage == "recrawl" for ds in inputs):
         raise ValueError("extract: the raw datasets hold no WARC file")  # a refresh that found no change has none
-    (out / "docs").mkdir()
-    (out / "quarantine").mkdir()
+    (out / "docs").mkdir(exist_ok=True)
+    (out / "quarantine").mkdir(exist_ok=True)
+    shards = plan_shards(files, current_executor().shard_bytes)
     jobs = [
-        (str(f), cfg, str(out / "docs" / f"part-{i:05d}.parquet"), str(out / "quarantine" / f"part-{i:05d}.parquet"))
-        for i, f in enumerate(files)
+        (", ".join(f"{Path(r.path).name}[{r.start}:{r.end}]" for r in ranges),
+         ([tuple(r) for r in ranges], cfg, str(out / "docs" / f"part-{i:05d}.parquet"), str(out / "quarantine" / f"part-{i:05d}.parquet")))
+        for i, ranges in enumerate(shards)
     ]
-    results = map_shards(_work, jobs, cfg.workers, ["tasks.extract", "trafilatura", "warcio"], progress) if jobs else []
+    results, ran = map_shards(extract_shard, jobs, out, ["tasks.extract", "trafilatura", "warcio"], progress,
+                              workers=cfg.workers, on_crash=quarantine_crashed_shard)
     reasons: dict[str, int] = {}
     for qf in sorted((out / "quarantine").glob("*.parquet")):
         for r in pq.read_table(qf, columns=["reason"]).column("reason").to_pylist():
@@ -294,14 +302,16 @@ def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress
             reasons[key] = reasons.get(key, 0) + 1
     return {
         "warc_files": len(files),
-        "html_responses": sum(r[3] for r in results),
-        "documents": sum(r[1] for r in results),
-        "quarantined": sum(r[2] for r in results),
+        "shards": len(jobs),
+        "shards_processed": ran,
+        "html_responses": sum(r["html_responses"] for r in results),
+        "documents": sum(r["documents"] for r in results),
+        "quarantined": sum(r["quarantined"] for r in results),
         "quarantined_by_reason": reasons,
         "backend": cfg.backend,
     }
 
 
 @task(name="extract", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def extract_task(inputs: list[str], cfg: ExtractConfig, root: str) -> str:
-    return prefect_stage("extract", VERSION, extract, inputs, cfg, root)
+def extract_task(inputs: list[str], cfg: ExtractConfig, root: str, executor: ExecutorConfig | None = None) -> str:
+    return prefect_stage("extract", VERSION, extract, inputs, cfg, root, executor=executor, sharded=True)

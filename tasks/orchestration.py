@@ -7,6 +7,7 @@ gets new keys; a cached result whose dataset is gone is refreshed by `call_stage
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
+from tasks.executor import ExecutorConfig, executor_scope
 from tasks.stage import StageFn, is_dataset, load_manifest, run_stage, stage_dir
 
 
@@ -32,10 +34,19 @@ def _stage_version(task) -> int:
     return getattr(sys.modules[task.fn.__module__], "VERSION", 1)
 
 
+def executor_layout(module: str, executor: ExecutorConfig | None) -> dict | None:
+    """The executor settings a stage's output depends on (its module's EXECUTOR_LAYOUT), which
+    therefore belong to the dataset's place; the engine and the worker count never do."""
+    keys = getattr(sys.modules[module], "EXECUTOR_LAYOUT", ())
+    executor = executor or ExecutorConfig()
+    return {k: getattr(executor, k) for k in keys} or None
+
+
 class StageCache(CachePolicy):
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters, **kwargs):
         task = task_ctx.task
-        out = stage_dir(inputs["root"], task.name, _stage_version(task), inputs["cfg"], inputs["inputs"])
+        layout = executor_layout(task.fn.__module__, inputs.get("executor"))
+        out = stage_dir(inputs["root"], task.name, _stage_version(task), inputs["cfg"], inputs["inputs"], layout)
         source = TASK_SOURCE.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
         return hash_objects(source, task.name, str(out))
 
@@ -86,11 +97,15 @@ def flat_stats(stats: dict, prefix: str = "") -> list[dict]:
     return rows
 
 
-def prefect_stage(stage: str, version: int, fn: StageFn, inputs: list[str], cfg: BaseModel, root: str, **kw) -> str:
-    """run_stage under Prefect: progress bar and artifact, a log line and a statistics table."""
+def prefect_stage(stage: str, version: int, fn: StageFn, inputs: list[str], cfg: BaseModel, root: str,
+                  executor: ExecutorConfig | None = None, **kw) -> str:
+    """run_stage under Prefect, its shards on `executor`: progress bar and artifact, a log line
+    and a statistics table."""
     progress = StageProgress(stage)
     try:
-        out = run_stage(stage, version, fn, inputs, cfg, root, progress=progress, **kw)
+        with executor_scope(executor):
+            out = run_stage(stage, version, fn, inputs, cfg, root, progress=progress,
+                            layout=executor_layout(fn.__module__, executor), **kw)
     finally:
         progress.close()
     stats = load_manifest(out).stats
@@ -112,10 +127,13 @@ def accelerator_slot():
         yield
 
 
-def call_stage(task, inputs: list[str], cfg: BaseModel, root: str) -> str:
-    """Call a stage task; when its dataset is gone from disk, refresh the cached result."""
-    out = stage_dir(root, task.name, _stage_version(task), cfg, inputs)
+def call_stage(task, inputs: list[str], cfg: BaseModel, root: str, executor: ExecutorConfig | None = None) -> str:
+    """Call a stage task (with the executor, where it runs shards); when its dataset is gone
+    from disk, refresh the cached result."""
+    sharded = "executor" in inspect.signature(task.fn).parameters
+    layout = executor_layout(task.fn.__module__, executor) if sharded else None
+    out = stage_dir(root, task.name, _stage_version(task), cfg, inputs, layout)
     if not is_dataset(out):
         task = task.with_options(refresh_cache=True)
-    return task(inputs, cfg, root)
+    return task(inputs, cfg, root, executor) if sharded else task(inputs, cfg, root)
 

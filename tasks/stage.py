@@ -80,16 +80,29 @@ def code_version() -> str:
     return v
 
 
-def stage_dir(root: str | Path, stage: str, version: int, cfg: BaseModel, inputs: list[str]) -> Path:
-    """Where a stage's output lives: a function of (stage, config, input digests) only."""
-    key = digest_of(
-        {
-            "stage": stage,
-            "version": version,
-            "config": cfg.model_dump(mode="json"),
-            "inputs": [load_manifest(p).digest for p in inputs],
-        }
-    )[:16]
+def source_digest() -> str:
+    """A digest of llmill's own source files: equal only where the same code would run."""
+    base = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for package in ("tasks", "model", "flows"):
+        for f in sorted((base / package).glob("*.py")):
+            h.update(f"{package}/{f.name}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def stage_dir(root: str | Path, stage: str, version: int, cfg: BaseModel, inputs: list[str], layout: dict | None = None) -> Path:
+    """Where a stage's output lives: a function of (stage, config, input digests) only, plus the
+    executor settings its part files depend on (`layout`: extract's shard size), if any."""
+    place = {
+        "stage": stage,
+        "version": version,
+        "config": cfg.model_dump(mode="json"),
+        "inputs": [load_manifest(p).digest for p in inputs],
+    }
+    if layout:
+        place["layout"] = layout
+    key = digest_of(place)[:16]
     return Path(root) / stage / key
 
 
@@ -167,27 +180,40 @@ def run_stage(
     root: str | Path,
     progress: Progress = no_progress,
     resumable: bool = False,
+    sharded: bool = False,
+    layout: dict | None = None,
 ) -> Path:
     """Return the dataset for (stage, cfg, inputs), computing it only when it is absent.
 
     A resumable stage (the crawler) keeps its partial directory across a killed run and
-    continues from it; any other stage starts its partial directory afresh.
+    continues from it. A sharded stage keeps it too, when the same code wrote it: its finished
+    shards (tasks/executor.py's markers) are not run again. Any other stage starts afresh.
+    Top-level hidden directories of the partial directory (shard markers, scratch files) are
+    working state: removed before the manifest is written.
     """
     for p in inputs:
         load_manifest(p)  # fail early and clearly on a missing input
-    out = stage_dir(root, stage, version, cfg, inputs)
+    out = stage_dir(root, stage, version, cfg, inputs, layout)
     if is_dataset(out):
         return out
     partial = out.with_name(out.name + ".partial")
     with StageLock(out.with_name(out.name + ".lock")):
         if is_dataset(out):  # finished by a concurrent run while we waited
             return out
+        attempt = partial / ".attempt.json"
         if partial.exists() and not resumable:
-            shutil.rmtree(partial)
+            same_code = attempt.is_file() and json.loads(attempt.read_text()).get("code_version") == code_version()
+            if not (sharded and same_code):
+                shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
+        write_atomic(attempt, json.dumps({"code_version": code_version()}).encode())
         started = time.time()
         stats = fn(inputs, cfg, partial, progress)
         stats.setdefault("seconds", round(time.time() - started, 3))
+        for hidden in partial.iterdir():
+            if hidden.name.startswith(".") and hidden.is_dir():
+                shutil.rmtree(hidden)
+        attempt.unlink()
         files = []
         for f in sorted(p for p in partial.rglob("*") if p.is_file() and p.name != MANIFEST):
             if f.name.startswith("."):

@@ -64,7 +64,7 @@ def pytest_unconfigure(config):
 
 
 # Tests that share an expensive session fixture run on one xdist worker, so it is built once.
-SHARED_BY_GROUP = ("tiny_pipeline", "pretrained_lm")
+SHARED_BY_GROUP = ("tiny_pipeline", "pretrained_lm", "dask_cluster")
 
 
 def pytest_itemcollected(item):
@@ -156,3 +156,12 @@ def tiny_pipeline(shared_root, site_warc) -> dict:
 
     return tiny_pipeline_config(shared_root / "pipeline", site_warc)
 
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory):
+    """A real Dask scheduler and two one-thread workers on 127.0.0.1, running this checkout."""
+    from tests.helpers import DaskCluster
+
+    with DaskCluster(tmp_path_factory.mktemp("dask")) as cluster:
+        yield cluster

@@ -17,9 +17,9 @@ PYDOCS = Path("/usr/share/doc/python3.11/html")
 
 
 def write_warc(path: Path, pages: list[tuple[str, bytes, str]]) -> Path:
-    """A WARC.gz with one response record per (url, body, content type)."""
+    """A WARC (gzipped per record when the name ends .gz) with one response record per (url, body, content type)."""
     with open(path, "wb") as fh:
-        writer = WARCWriter(fh, gzip=True)
+        writer = WARCWriter(fh, gzip=str(path).endswith(".gz"))
         for url, body, ctype in pages:
             headers = StatusAndHeaders("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body)))], protocol="HTTP/1.1")
             writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), length=len(body), http_headers=headers))
@@ -203,3 +203,84 @@ def weights(out: Path) -> dict:
 def max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+# A real Dask cluster on 127.0.0.1: a scheduler and workers in one process group of their own.
+
+class DaskCluster:
+    """`dask scheduler` and `dask worker --nthreads 1` processes started from `code` (a checkout:
+    their working directory and first on PYTHONPATH), stopped together by their process group."""
+
+    def __init__(self, tmp: Path, workers: int = 2, code: Path | None = None):
+        self.tmp, self.workers = tmp, workers
+        self.code = code or Path(__file__).resolve().parents[1]
+        self.address = ""
+        self.pgid: int | None = None
+        self.procs: list = []
+
+    def __enter__(self) -> "DaskCluster":
+        import json
+        import os
+        import subprocess
+        import sys
+
+        dask = str(Path(sys.executable).parent / "dask")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.code), os.environ.get("PYTHONPATH", "")]),
+               "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+        file = self.tmp / "scheduler.json"
+        log = open(self.tmp / "dask.log", "ab")
+        common = dict(cwd=self.code, env=env, stdout=log, stderr=subprocess.STDOUT)
+        scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+                                      "--scheduler-file", str(file)], process_group=0, **common)
+        self.pgid = scheduler.pid
+        self.procs = [scheduler]
+        try:
+            deadline = time.monotonic() + 60
+            while not file.exists():
+                if time.monotonic() > deadline or scheduler.poll() is not None:
+                    raise RuntimeError(f"the Dask scheduler did not start: {(self.tmp / 'dask.log').read_text()[-2000:]}")
+                time.sleep(0.1)
+            self.address = json.loads(file.read_text())["address"]
+            for _ in range(self.workers):
+                self.procs.append(subprocess.Popen(
+                    [dask, "worker", "--scheduler-file", str(file), "--nthreads", "1", "--host", "127.0.0.1",
+                     "--dashboard-address", "127.0.0.1:0", "--death-timeout", "60"], process_group=self.pgid, **common))
+            self.wait_for_workers(self.workers)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def wait_for_workers(self, n: int, timeout: float = 120) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=30, set_as_default=False) as client:
+            client.wait_for_workers(n, timeout=timeout)
+
+    def worker_pids(self) -> list[int]:
+        import os
+
+        from distributed import Client
+
+        with Client(self.address, timeout=30, set_as_default=False) as client:
+            return list(client.run(os.getpid).values())
+
+    def __exit__(self, *exc) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.pgid is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pgid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                for proc in self.procs:
+                    proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.pgid = None

@@ -1,5 +1,5 @@
 """What a test may start: trainers, Prefect servers, browsers and databases only when it is
-marked for them (`trainer`, `prefect_server`, `browser`, `database`), so the fast tier
+marked for them (`trainer`, `prefect_server`, `browser`, `database`, `dask_cluster`), so the fast tier
 (`make test-fast`, which deselects those marks) can never start one by accident.
 
 The pytest process patches `subprocess.Popen`; every child Python process gets the same patch
@@ -17,7 +17,7 @@ from pathlib import Path
 ALLOW = "LLMILL_TEST_ALLOW"  # comma-separated kinds the running test is marked for
 LOG = "LLMILL_TEST_GUARD_LOG"
 TEST = "LLMILL_TEST_ID"
-KINDS = ("trainer", "prefect_server", "browser", "database")
+KINDS = ("trainer", "prefect_server", "browser", "database", "dask_cluster")
 POSTGRES = {"initdb", "pg_ctl", "postgres", "pg_ctlcluster"}
 BROWSERS = {"chromium", "chromium-browser", "chrome", "google-chrome", "chromedriver"}
 
@@ -41,6 +41,8 @@ def kind_of(argv) -> str | None:
         i = names.index("prefect")
         if args[i + 1 : i + 3] in (["server", "start"], ["worker", "start"]):
             return "prefect_server"
+    if "dask" in names and args[names.index("dask") + 1 : names.index("dask") + 2] in (["scheduler"], ["worker"]):
+        return "dask_cluster"
     if any(n in BROWSERS for n in names):
         return "browser"
     if any(n in POSTGRES for n in names):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from model.data import open_tokens
-from model.launch import TrainingFailed, launch_command, run_training
+from model.launch import TrainingFailed, free_port, launch_command, run_training
 from model.llama import ModelConfig
 from tasks.stage import load_manifest
 from tests.helpers import losses, max_diff, metrics, run_spec, weights
@@ -122,6 +122,32 @@ def test_ddp_two_processes_form_one_group(data, tmp_path):
     run_training(longer, on_line=lines.append)
     assert any("resumed from" in l and "step 40" in l for l in lines)
     assert max(losses(ddp)) == 60
+
+
+def test_two_machines_on_127_0_0_1_train_as_one_world(data, tmp_path):
+    # own runs: two launchers as two machines (ranks 0 and 1, one process each) against one
+    # machine with two processes, at the same global batch
+    nodes = tmp_path / "nodes"
+    nodes.mkdir()
+    s = run_spec(data, nodes, distributed="ddp", num_processes=2, micro_batch_size=4).model_copy(update={"debug_weight_digests": True})
+    (nodes / "run.json").write_text(s.model_dump_json())
+    port = str(free_port())
+    machines = [subprocess.Popen([sys.executable, "-m", "model.launch", "--spec", str(nodes / "run.json"), "--num-machines", "2",
+                                  "--machine-rank", str(rank), "--main-process-ip", "127.0.0.1", "--main-process-port", port],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [m.communicate(timeout=300)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    start = next(json.loads(l) for l in outputs[0].splitlines() if l.startswith('{"event": "start"'))
+    assert start["world"] == 2
+    ranks = [[json.loads(l) for l in (nodes / f"debug-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 40
+    for a, b in zip(*ranks):
+        assert a["weights"] == b["weights"]  # identical after every step
+        assert a["first_sample"] != b["first_sample"]  # each machine its own data
+    one_machine = tmp_path / "one"
+    run_training(run_spec(data, one_machine, distributed="ddp", num_processes=2, micro_batch_size=4))
+    l1, l2 = losses(one_machine), losses(nodes)
+    assert l1.keys() == l2.keys() and max(abs(l1[k] - l2[k]) for k in l1) < 1e-5
 
 
 def test_a_launch_that_gives_the_wrong_world_is_refused(data, tmp_path):

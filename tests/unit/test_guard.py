@@ -19,9 +19,10 @@ def test_command_lines_are_classified():
     assert guard.kind_of(["/v/bin/prefect", "server", "start", "--host", "127.0.0.1"]) == "prefect_server"
     assert guard.kind_of(["prefect", "worker", "start", "--pool", "p"]) == "prefect_server"
     assert guard.kind_of(["/usr/bin/chromium", "--headless"]) == "browser"
+    assert guard.kind_of(["/v/bin/dask", "scheduler", "--port", "0"]) == guard.kind_of(["dask", "worker", "tcp://h:1"]) == "dask_cluster"
     assert guard.kind_of(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/initdb", "-D", "d"]) == "database"
     for harmless in ([py, "-m", "flows.cli", "run", "--set", "crawl.bogus=1"], ["prefect", "work-pool", "create", "p"], ["git", "ls-files"],
-                     [py, "bench/gpu_check.py", "--allow-cpu"], "echo model.train"):
+                     [py, "bench/gpu_check.py", "--allow-cpu"], "echo model.train", ["dask", "--version"]):
         assert guard.kind_of(harmless) is None, harmless
 
 

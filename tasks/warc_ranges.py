@@ -1,0 +1,160 @@
+"""Work units of WARC bytes: large files split at record boundaries, small ones grouped.
+
+A shard is a list of byte ranges [start, end) of WARC files, each starting at a record. In a
+`.warc.gz` file every record is its own gzip member (the WARC standard's recommendation, and
+what Common Crawl and our crawler write), so a boundary is found by scanning forward from a
+split point for a gzip header whose member decompresses, complete, to a `WARC/` record. In a
+plain `.warc` file the records are walked by their Content-Length, reading headers only.
+A file that cannot be split (one gzip member for the whole file, a damaged header) stays
+whole: splitting only ever changes how work is divided, never what is read.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+_SCAN = 1 << 20  # bytes read at a time while looking for the next member
+
+
+class WarcRange(NamedTuple):
+    path: str
+    start: int
+    end: int
+
+
+def _is_member_start(f, pos: int, limit: int) -> bool:
+    """Whether a complete gzip member holding a WARC record starts at pos."""
+    f.seek(pos)
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    head = b""
+    try:
+        while pos < limit and not d.eof:
+            chunk = f.read(min(_SCAN, limit - pos))
+            if not chunk:
+                return False
+            pos += len(chunk)
+            out = d.decompress(chunk)
+            if len(head) < 8:
+                head += out[:8]
+                if len(head) >= 8 and not head.startswith(b"WARC/"):
+                    return False
+    except zlib.error:
+        return False
+    return d.eof and head.startswith(b"WARC/")
+
+
+def _next_gzip_record(f, point: int, size: int) -> int | None:
+    """The first offset >= point where a gzip member with a WARC record starts."""
+    pos = point
+    while pos < size:
+        f.seek(pos)
+        window = f.read(_SCAN + len(GZIP_MAGIC))
+        at = window.find(GZIP_MAGIC)
+        while at != -1 and at < _SCAN:
+            if _is_member_start(f, pos + at, size):
+                return pos + at
+            at = window.find(GZIP_MAGIC, at + 1)
+        pos += _SCAN
+    return None
+
+
+def _plain_record_starts(f, size: int) -> list[int]:
+    """Offsets of every record of an uncompressed WARC file, walked by Content-Length."""
+    starts, pos = [], 0
+    while pos < size:
+        f.seek(pos)
+        if f.read(5) != b"WARC/":
+            break
+        f.seek(pos)
+        header_bytes, length = 0, None
+        while True:
+            line = f.readline(65536)
+            if not line:
+                return starts
+            header_bytes += len(line)
+            if line in (b"\r\n", b"\n"):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    return starts
+        if length is None:
+            break
+        starts.append(pos)
+        pos += header_bytes + length + 4  # the record block, then CRLF CRLF
+    return starts
+
+
+def split_points(path: str | Path, shard_bytes: int) -> list[int]:
+    """Record offsets at which `path` is cut into pieces of about shard_bytes (0 first)."""
+    size = os.path.getsize(path)
+    if size <= shard_bytes:
+        return [0]
+    points = [0]
+    with open(path, "rb") as f:
+        if str(path).endswith(".gz"):
+            target = shard_bytes
+            while target < size:
+                at = _next_gzip_record(f, target, size)
+                if at is None:
+                    break
+                if at > points[-1]:
+                    points.append(at)
+                target = max(at, target) + shard_bytes
+        else:
+            starts = _plain_record_starts(f, size)
+            target = shard_bytes
+            for s in starts:
+                if s >= target:
+                    points.append(s)
+                    target = s + shard_bytes
+    return points
+
+
+def plan_shards(files: list[str | Path], shard_bytes: int) -> list[list[WarcRange]]:
+    """Shards of about shard_bytes each, in file order: pieces of large files, groups of small ones."""
+    pieces = []
+    for path in files:
+        size = os.path.getsize(path)
+        cuts = split_points(path, shard_bytes) + [size]
+        pieces += [WarcRange(str(path), a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    shards: list[list[WarcRange]] = []
+    filled = 0
+    for piece in pieces:
+        n = piece.end - piece.start
+        if not shards or filled + n > shard_bytes:
+            shards.append([])
+            filled = 0
+        shards[-1].append(piece)
+        filled += n
+    return shards
+
+
+class RangeReader:
+    """A file object that reads [start, end) of a file and nothing past it."""
+
+    def __init__(self, f, start: int, end: int):
+        self.f, self.left = f, end - start
+        f.seek(start)
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        limit = self.left if limit is None or limit < 0 else min(limit, self.left)
+        line = self.f.readline(limit)
+        self.left -= len(line)
+        return line
