@@ -7,5 +7,9 @@ until python -c "import os, urllib.request; urllib.request.urlopen(os.environ['P
   echo "waiting for the Prefect server at ${PREFECT_API_URL}"; sleep 2
 done
 prefect work-pool inspect "$pool" >/dev/null 2>&1 || prefect work-pool create "$pool" --type process
-llmill deploy "${LLMILL_CONFIG:-configs/demo.yaml}" --pool "$pool"
+if [ -n "${LLMILL_DASK_ADDRESS:-}" ]; then  # the data stages' shards on that Dask cluster
+  llmill deploy "${LLMILL_CONFIG:-configs/demo.yaml}" --pool "$pool" --set executor.kind=dask --set "executor.address=$LLMILL_DASK_ADDRESS"
+else
+  llmill deploy "${LLMILL_CONFIG:-configs/demo.yaml}" --pool "$pool"
+fi
 exec prefect worker start --pool "$pool"

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from tasks.stage import load_manifest
 from tests.helpers import compose_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +46,49 @@ def server_from_compose(tmp: Path, port: int, database_url: str | None) -> tuple
     else:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     return cmd, env
+
+
+@contextmanager
+def dask_from_compose(tmp: Path, api: str):
+    """The dask-scheduler and dask-worker services' commands and environments, read from
+    docker-compose.yml, bound to 127.0.0.1 and a free port here, in one process group.
+    Yields the scheduler's address."""
+    from distributed import Client
+
+    services = compose_config(tmp)["services"]
+    port, bin_dir = free_port(), Path(sys.executable).parent
+    address = f"tcp://127.0.0.1:{port}"
+    native = {"dask": str(bin_dir / "dask"), "0.0.0.0": "127.0.0.1", "8786": str(port), "0.0.0.0:8787": "127.0.0.1:0",
+              "tcp://dask-scheduler:8786": address}
+    scheduler_cmd = [native.get(c, c) for c in services["dask-scheduler"]["command"]]
+    worker_cmd = [native.get(c, c) for c in services["dask-worker"]["command"]] + ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+    worker_env = {**os.environ, **services["dask-worker"]["environment"], "PREFECT_API_URL": api,
+                  "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    log = open(tmp / "dask.log", "ab")
+    scheduler = subprocess.Popen(scheduler_cmd, cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+    procs = [scheduler]
+    try:
+        for _ in range(services["dask-worker"]["deploy"]["replicas"]):
+            procs.append(subprocess.Popen(worker_cmd, cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+                                          process_group=scheduler.pid))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with Client(address, timeout=5, set_as_default=False) as client:
+                    client.wait_for_workers(len(procs) - 1, timeout=120)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and scheduler.poll() is None, (tmp / "dask.log").read_text()[-3000:]
+                time.sleep(0.5)
+        yield address
+    finally:
+        os.killpg(scheduler.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(scheduler.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def worker_env_from_compose(tmp: Path, api: str, config: Path) -> dict:
@@ -299,13 +343,22 @@ def test_basic_auth_refuses_clients_without_credentials(tmp_path, migrated_sqlit
 
 
 @pytest.mark.prefect_server
+@pytest.mark.dask_cluster
 def test_worker_script_registers_and_runs_deployments(tmp_path, tiny_pipeline, migrated_sqlite):
-    """deploy/worker.sh, natively, with the worker service's environment from docker-compose.yml."""
+    """deploy/worker.sh and the Dask services, natively, with the services' commands and
+    environments from docker-compose.yml: the served data flow runs its shards on Dask."""
+    from tests.helpers import python_doc_site_pages, write_warc
+
+    # its own small input and root (not the shared tiny pipeline's): the data stages must run
+    # now, on the Dask workers, rather than be found in the shared root's cache
+    warc = write_warc(tmp_path / "small.warc.gz", python_doc_site_pages(2))
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_pipeline))
+    config.write_text(yaml.safe_dump({**tiny_pipeline, "root": str(tmp_path / "data"), "ingest": {"paths": [str(warc)]},
+                                      "executor": {"shard_bytes": 40_000}}))
     (tmp_path / "prefect").mkdir()
-    with prefect_server(tmp_path / "prefect", sqlite_template=migrated_sqlite) as (env, api), api_client(env) as http:
-        worker_env = {**env, **worker_env_from_compose(tmp_path, api, config),
+    with prefect_server(tmp_path / "prefect", sqlite_template=migrated_sqlite) as (env, api), api_client(env) as http, \
+            dask_from_compose(tmp_path, api) as dask_address:
+        worker_env = {**env, **worker_env_from_compose(tmp_path, api, config), "LLMILL_DASK_ADDRESS": dask_address,
                       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         worker_log = tmp_path / "worker.log"
         with open(worker_log, "w") as log:
@@ -319,8 +372,12 @@ def test_worker_script_registers_and_runs_deployments(tmp_path, tiny_pipeline, m
 
             found = {d["name"]: d for d in wait_for(deployments, 180, "the deployments the worker registers")}
             assert {d["work_pool_name"] for d in found.values()} == {worker_env["LLMILL_WORK_POOL"]}
+            executor = found["data"]["parameters"]["config"]["executor"]
+            assert (executor["kind"], executor["address"]) == ("dask", dask_address)  # worker.sh set it from the compose env
             run_to_completion(http, api, found["data"]["id"], worker_log, 300)
-            assert list((Path(tiny_pipeline["root"]) / "dedup").glob("*/manifest.json"))
+            extracted = load_manifest(next((tmp_path / "data" / "extract").glob("*[0-9a-f]"))).stats
+            assert extracted["shards"] >= 3 and extracted["shards_processed"] == extracted["shards"]
+            assert list((tmp_path / "data" / "dedup").glob("*/manifest.json"))
             assert any((tmp_path / "results").iterdir())  # results persisted where the compose volume would hold them
         finally:
             stop(worker)

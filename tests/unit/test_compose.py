@@ -37,7 +37,7 @@ def test_env_example_names_every_variable_and_nothing_secret_is_committed():
 def test_services_images_volumes_and_the_worker(tmp_path):
     cfg = compose_config(tmp_path)
     services = cfg["services"]
-    assert set(services) == {"postgres", "prefect-server", "worker"}
+    assert set(services) == {"postgres", "prefect-server", "worker", "dask-scheduler", "dask-worker"}
     for name, svc in services.items():
         image = svc["image"]
         assert ":" in image and not image.endswith(":latest") and re.search(r":\d", image), (name, image)
@@ -58,5 +58,25 @@ def test_services_images_volumes_and_the_worker(tmp_path):
     assert worker["command"] == ["sh", "deploy/worker.sh"] and 'CMD ["sh", "deploy/worker.sh"]' in dockerfile
     assert re.search(r"^FROM python:3\.11\.\d+-slim", dockerfile, re.M) and "ARG TORCH_INDEX_URL" in dockerfile
     script = (ROOT / "deploy" / "worker.sh").read_text()
-    for step in ("prefect work-pool create", "llmill deploy", "prefect worker start --pool"):
+    for step in ("prefect work-pool create", "llmill deploy", "prefect worker start --pool", "--set executor.kind=dask"):
         assert step in script
+
+
+def test_dask_services_run_the_worker_image_and_the_flow_uses_them(tmp_path):
+    services = compose_config(tmp_path)["services"]
+    scheduler, dask_worker, worker = services["dask-scheduler"], services["dask-worker"], services["worker"]
+    # the same image and build as the flow's worker: the code the executor checks is the same
+    assert scheduler["image"] == dask_worker["image"] == worker["image"]
+    assert scheduler["build"] == dask_worker["build"] == worker["build"]
+    assert scheduler["command"][:2] == ["dask", "scheduler"] and "8786" in scheduler["command"]
+    # the dashboard is published on this machine only
+    assert [(p["host_ip"], p["published"], p["target"]) for p in scheduler["ports"]] == [("127.0.0.1", "8787", 8787)]
+    assert "healthcheck" in scheduler
+    assert dask_worker["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+    assert dask_worker["environment"]["DASK_DISTRIBUTED__WORKER__DAEMON"] == "False"  # shards run in child processes
+    assert dask_worker["environment"]["PREFECT_API_URL"] == worker["environment"]["PREFECT_API_URL"]
+    assert dask_worker["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
+    assert worker["environment"]["LLMILL_DASK_ADDRESS"] == "tcp://dask-scheduler:8786"
+    # workers read and write the flow's data root
+    assert {v["target"]: v["source"] for v in dask_worker["volumes"]} == {"/app/data": "datasets"}
