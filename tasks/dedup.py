@@ -10,6 +10,7 @@ so that a later batch is deduplicated against them without recomputing their sig
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import unicodedata
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tasks.clean import doc_files
 from tasks.executor import ExecutorConfig, map_shards
 from tasks.orchestration import STAGE_CACHE, prefect_stage
-from tasks.stage import Progress, digest_of, no_progress
+from tasks.stage import Progress, digest_of, no_progress, write_atomic
 
 VERSION = 1
 MAX_HASH = np.uint64((1 << 32) - 1)
@@ -195,16 +196,31 @@ def read_signed(paths: list[str], cfg: DedupConfig) -> tuple[list[str], list[str
 INDEX_SCHEMA = pa.schema([("id", pa.string()), ("hash", pa.string()), ("signature", pa.list_(pa.uint32()))])
 
 
+INDEX_MANIFEST = "segments.json"
+
+
+def index_segments(index: Path) -> list[dict]:
+    """The index's segments in the order they were appended ({"name", "seq", "rows"}): the
+    order is a sequence number in the index manifest, never a file time, so a copied or
+    restored index behaves the same. An index from before the manifest is ordered by file time
+    once, then recorded."""
+    manifest = index / INDEX_MANIFEST
+    if manifest.is_file():
+        return sorted(json.loads(manifest.read_text())["segments"], key=lambda seg: seg["seq"])
+    legacy = sorted(index.glob("*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return [{"name": p.stem, "seq": i, "rows": pq.ParquetFile(p).metadata.num_rows} for i, p in enumerate(legacy)]
+
+
 def read_index(
     index: Path, exclude_segment: str, exclude_ids: set[str], num_perm: int
 ) -> tuple[list[str], list[str], np.ndarray]:
     """Kept documents of earlier batches; a batch's own documents are never its duplicates.
-    A document a refresh replaced appears in several segments: the newest segment wins."""
+    A document a refresh replaced appears in several segments: the latest segment wins."""
     latest: dict[str, tuple[str, list[int]]] = {}
-    for seg in sorted(index.glob("*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name)):
-        if seg.stem == exclude_segment:
+    for seg in index_segments(index):
+        if seg["name"] == exclude_segment:
             continue
-        t = pq.read_table(seg)
+        t = pq.read_table(index / f"{seg['name']}.parquet")
         for i, h, s in zip(t.column("id").to_pylist(), t.column("hash").to_pylist(), t.column("signature").to_pylist()):
             latest[i] = (h, s)
     ids = sorted(i for i in latest if i not in exclude_ids)
@@ -216,6 +232,11 @@ def read_index(
 
 
 def write_index_segment(index: Path, name: str, ids, hashes, sigs) -> None:
+    """Append a segment: its file first, then its entry in the index manifest (under a lock,
+    so two dedup runs appending to one index both land). A segment written again (a rerun of
+    the same batch) keeps its place in the sequence."""
+    import fcntl
+
     index.mkdir(parents=True, exist_ok=True)
     table = pa.table(
         {"id": ids, "hash": hashes, "signature": [list(map(int, s)) for s in sigs] if sigs is not None else [[]] * len(ids)},
@@ -223,7 +244,13 @@ def write_index_segment(index: Path, name: str, ids, hashes, sigs) -> None:
     )
     tmp = index / f".{name}.{uuid.uuid4().hex}.tmp"
     pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, index / f"{name}.parquet")
+    with open(index / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        segments = index_segments(index)
+        os.replace(tmp, index / f"{name}.parquet")
+        seq = next((seg["seq"] for seg in segments if seg["name"] == name), max((seg["seq"] for seg in segments), default=-1) + 1)
+        segments = [seg for seg in segments if seg["name"] != name] + [{"name": name, "seq": seq, "rows": len(ids)}]
+        write_atomic(index / INDEX_MANIFEST, json.dumps({"segments": sorted(segments, key=lambda seg: seg["seq"])}, indent=1).encode())
 
 
 def find_duplicates(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +149,23 @@ def test_signatures_are_vectorized_datasketch_minhash():
     assert MinHash(num_perm=112, seed=1).permutations.shape == (2, 112)
     assert np.array_equal(signer.signature(a), Signer(5, 112, 1).signature(a))  # stable across instances
     assert exact_hash("Hello,  World!") == exact_hash("hello world")
+
+
+def test_index_segments_are_ordered_by_sequence_not_file_time(tmp_path):
+    from tasks.dedup import index_segments, read_index, write_index_segment
+
+    index = tmp_path / "index"
+    write_index_segment(index, "batch-a", ["x", "y"], ["hash-x-old", "hash-y"], None)
+    write_index_segment(index, "batch-b", ["x"], ["hash-x-new"], None)  # a refresh replaced x
+    copy = tmp_path / "copied"
+    shutil.copytree(index, copy)
+    os.utime(copy / "batch-a.parquet", ns=(2 * 10**18, 2 * 10**18))  # the older segment now has the newer file time
+    for where in (index, copy):
+        assert [s["name"] for s in index_segments(where)] == ["batch-a", "batch-b"]
+        ids, hashes, _ = read_index(where, "", set(), 112)
+        assert dict(zip(ids, hashes)) == {"x": "hash-x-new", "y": "hash-y"}
+    write_index_segment(copy, "batch-a", ["x", "y"], ["hash-x-old", "hash-y"], None)  # a rerun of batch a keeps its place
+    assert [(s["name"], s["seq"]) for s in index_segments(copy)] == [("batch-a", 0), ("batch-b", 1)]
+    assert dict(zip(*read_index(copy, "", set(), 112)[:2]))["x"] == "hash-x-new"
+    (copy / "batch-c.parquet").write_bytes((copy / "batch-b.parquet").read_bytes())  # a file no manifest entry names
+    assert [s["name"] for s in index_segments(copy)] == ["batch-a", "batch-b"]
