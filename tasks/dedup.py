@@ -4,7 +4,12 @@ Defaults follow FineWeb: 5-word shingles, 112 permutations banded 14 x 8. Signat
 computed for all of a document's shingles at once in numpy, with datasketch's affine32
 permutations, so they are datasketch MinHash values.
 Within a batch, documents are visited in id order and the first of a cluster is kept, so
-the choice is deterministic. Kept documents' hashes and signatures go to a persistent index
+the choice is deterministic.
+
+Distributed as the peers do it, with the same result as the one-process pass over
+datasketch's MinHashLSH (`find_duplicates`, kept as the reference): sign per shard, buckets per
+band (a task each on the executor; datasketch's band layout, compared as bytes), then one
+resolve pass over the documents that share a bucket only, then filter. Kept documents' hashes and signatures go to a persistent index
 so that a later batch is deduplicated against them without recomputing their signatures.
 """
 
@@ -16,6 +21,7 @@ import re
 import unicodedata
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -301,6 +307,91 @@ def find_duplicates(
     return dups
 
 
+# --- the same result, distributed: buckets per band, then one pass over candidates only ---
+
+def buckets_of(keys: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Groups of positions sharing a key (one row of `keys` per position; positions from
+    batch_size on are the index's), with two members or more and at least one of the batch."""
+    if len(keys) < 2:
+        return []
+    flat = np.ascontiguousarray(keys).view(np.dtype((np.void, keys.dtype.itemsize * keys.shape[1]))).ravel()
+    order = np.argsort(flat, kind="stable")
+    sorted_keys = flat[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+    ends = np.append(starts[1:], len(order))
+    return [order[a:b].tolist() for a, b in zip(starts, ends) if b - a >= 2 and order[a:b].min() < batch_size]
+
+
+def band_buckets(args) -> dict:
+    """One band's buckets over the batch's signed parts and the index (a Dask/pool task):
+    datasketch's band layout, hashvalues[band*rows:(band+1)*rows], compared as bytes."""
+    signed_paths, index_path, band, cfg, out_path, _ = args
+    parts = [pq.read_table(p, columns=["signature"]) for p in [*signed_paths, index_path]]
+    batch = sum(t.num_rows for t in parts[:-1])
+    lo, hi = band * cfg.rows, (band + 1) * cfg.rows
+    rows = []
+    for t in parts:
+        flat = t.column("signature").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.uint32)
+        rows.append(flat.reshape(-1, cfg.num_perm)[:, lo:hi] if len(flat) else np.zeros((t.num_rows, hi - lo), np.uint32))
+    buckets = buckets_of(np.concatenate(rows), batch)
+    pq.write_table(pa.table({"members": buckets}, schema=pa.schema([("members", pa.list_(pa.int64()))])), out_path)
+    return {"buckets": len(buckets)}
+
+
+def exact_buckets(hashes: list[str], index_hashes: list[str]) -> list[list[int]]:
+    keys = np.array([h.encode() for h in [*hashes, *index_hashes]], dtype="S32").reshape(-1, 1)
+    empty = {i for i, h in enumerate([*hashes, *index_hashes]) if not h}
+    return [b for b in buckets_of(keys, len(hashes)) if not empty.intersection(b)]
+
+
+def resolve(
+    ids: list[str],
+    exact: list[list[int]],
+    near: list[list[int]],
+    signature: Callable[[int], np.ndarray],
+    index_ids: list[str],
+    cfg: DedupConfig,
+) -> dict[str, tuple[str, str, float]]:
+    """find_duplicates' pass (id order, first of a cluster kept, best Jaccard confirmed) over
+    the positions that share a bucket only: a document in no bucket has no candidate and can
+    be no one's. Positions from len(ids) on are the index's; `signature(position)` reads one."""
+    n = len(ids)
+    key = lambda p: ids[p] if p < n else index_ids[p - n]  # noqa: E731
+    dups: dict[str, tuple[str, str, float]] = {}
+    if cfg.exact:
+        for bucket in exact:
+            # the index's holder of a hash is its last in id order (a dict built in that order)
+            held = [p for p in bucket if p >= n]
+            kept = key(max(held, key=lambda p: (key(p), p))) if held else None
+            for p in sorted((p for p in bucket if p < n), key=lambda p: (ids[p], p)):
+                if kept is None:
+                    kept = ids[p]
+                elif kept != ids[p]:
+                    dups[ids[p]] = (kept, "exact", 1.0)
+    if not cfg.near:
+        return dups
+    buckets_of_position: dict[int, list[int]] = {}
+    for b, bucket in enumerate(near):
+        for p in bucket:
+            buckets_of_position.setdefault(p, []).append(b)
+    inserted: dict[str, int] = {}  # id -> the position whose signature the LSH holds
+    for p in sorted((p for p in buckets_of_position if p < n), key=lambda p: (ids[p], p)):
+        if ids[p] in dups or ids[p] in inserted:
+            continue
+        sig = signature(p)
+        best, best_j = None, -1.0
+        for q in {q for b in buckets_of_position[p] for q in near[b]}:
+            if q != p and (q >= n or inserted.get(ids[q]) == q):
+                j = float(np.mean(signature(q) == sig))
+                if j > best_j or (j == best_j and key(q) < best):
+                    best, best_j = key(q), j
+        if best is not None and best_j >= cfg.min_jaccard:
+            dups[ids[p]] = (best, "near", round(best_j, 4))
+        else:
+            inserted[ids[p]] = p
+    return dups
+
+
 DUP_SCHEMA = pa.schema(
     [("id", pa.string()), ("url", pa.string()), ("kept_id", pa.string()), ("kind", pa.string()), ("jaccard", pa.float32())]
 )
@@ -315,9 +406,22 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
     signed = [str(scratch / f"part-{i:05d}.parquet") for i in range(len(files))]
     _, ran = map_shards(sign_shard, [(str(f), (str(f), cfg, s)) for f, s in zip(files, signed)], out, ["tasks.dedup"],
                         progress, workers=cfg.workers)
-    ids, hashes, sigs = read_signed(sorted(signed, key=lambda s: str(files[signed.index(s)])), cfg)  # documents in path order
+    signed = sorted(signed, key=lambda s: str(files[signed.index(s)]))  # documents in path order
+    ids, hashes, sigs = read_signed(signed, cfg)
     idx_ids, idx_hashes, idx_sigs = read_index(index, segment, set(ids), cfg.num_perm)
-    dups = find_duplicates(ids, hashes, sigs, cfg, idx_ids, idx_hashes, idx_sigs if cfg.near else None)
+    near: list[list[int]] = []
+    if cfg.near:  # buckets per band, on the executor; the index's live entries ride along as one more part
+        index_part = str(scratch / "index.parquet")
+        pq.write_table(pa.table({"signature": pa.FixedSizeListArray.from_arrays(pa.array(idx_sigs.ravel()), cfg.num_perm)}),
+                       index_part)
+        bands = [str(scratch / f"band-{b:03d}.parquet") for b in range(cfg.bands)]
+        index_state = digest_of(idx_ids)  # in the job, so a band's marker is reused only for the same index
+        map_shards(band_buckets, [(f"band {b}", (signed, index_part, b, cfg, bands[b], index_state)) for b in range(cfg.bands)],
+                   out / ".bands", ["tasks.dedup"], workers=cfg.workers)
+        near = [m for path in bands for m in pq.read_table(path).column("members").to_pylist()]
+    exact = exact_buckets(hashes, idx_hashes) if cfg.exact else []
+    everything = np.concatenate([sigs, idx_sigs]) if cfg.near else None
+    dups = resolve(ids, exact, near, lambda p: everything[p], idx_ids, cfg)
 
     (out / "docs").mkdir(exist_ok=True)
     dup_rows = []

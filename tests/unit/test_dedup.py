@@ -169,3 +169,43 @@ def test_index_segments_are_ordered_by_sequence_not_file_time(tmp_path):
     assert dict(zip(*read_index(copy, "", set(), 112)[:2]))["x"] == "hash-x-new"
     (copy / "batch-c.parquet").write_bytes((copy / "batch-b.parquet").read_bytes())  # a file no manifest entry names
     assert [s["name"] for s in index_segments(copy)] == ["batch-a", "batch-b"]
+
+
+def reference_duplicates(out: Path, cfg: DedupConfig, files: list[Path]) -> bytes:
+    """The one-process pass (find_duplicates over datasketch's MinHashLSH) on the stage's own
+    inputs and the index as it was before the stage, written as the stage writes its table."""
+    import io
+
+    from tasks.dedup import DUP_SCHEMA, find_duplicates, read_index
+
+    tables = [pq.read_table(f) for f in sorted(files, key=str)]
+    texts = [t for tab in tables for t in tab.column("text").to_pylist()]
+    ids = [i for tab in tables for i in tab.column("id").to_pylist()]
+    signer = Signer(cfg.shingle_words, cfg.num_perm, cfg.seed)
+    sigs = np.stack([signer.signature(t) for t in texts])
+    index = out.parent.parent / "index" / f"minhash-{cfg.index_key()}"
+    idx = read_index(index, out.name, set(ids), cfg.num_perm)
+    dups = find_duplicates(ids, [exact_hash(t) for t in texts], sigs, cfg, *idx)
+    rows = [{"id": i, "url": u, "kept_id": dups[i][0], "kind": dups[i][1], "jaccard": dups[i][2]}
+            for f in files for i, u in zip(pq.read_table(f).column("id").to_pylist(), pq.read_table(f).column("url").to_pylist()) if i in dups]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, DUP_SCHEMA), buf)
+    return buf.getvalue()
+
+
+def test_the_distributed_pass_equals_the_one_process_pass_bit_for_bit(tmp_path):
+    from tasks.clean import doc_files
+
+    rng = random.Random(5)
+    rows_a, _ = planted_corpus(rng, 60, 0, "a")
+    rows_b, _ = planted_corpus(rng, 60, 30, "b")  # shares 30 originals with batch a: duplicates of the index
+    rows_b.append({"id": "bexact", "url": "http://x/bexact", "text": rows_b[0]["text"]})
+    rows_b.append(dict(rows_b[5]))  # the same id twice
+    for min_jaccard in (0.7, 0.3):  # 0.3: many candidates, ties broken by id
+        cfg = DedupConfig(min_jaccard=min_jaccard)
+        root = tmp_path / str(min_jaccard)
+        for name, rows in (("a", rows_a), ("b", rows_b)):  # without an index, then with one
+            ds = docs_dataset(root, name, rows)
+            out = Path(run_stage("dedup", 1, dedup, [ds], cfg, root))
+            assert (out / "duplicates.parquet").read_bytes() == reference_duplicates(out, cfg, doc_files(ds)), (min_jaccard, name)
+        assert load_manifest(out).stats["duplicates_of_index"] > 10
