@@ -227,6 +227,7 @@ class DaskCluster:
         dask = str(Path(sys.executable).parent / "dask")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.code), os.environ.get("PYTHONPATH", "")]),
                "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+        self.tmp.mkdir(parents=True, exist_ok=True)
         file = self.tmp / "scheduler.json"
         log = open(self.tmp / "dask.log", "ab")
         common = dict(cwd=self.code, env=env, stdout=log, stderr=subprocess.STDOUT)
