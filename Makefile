@@ -50,9 +50,10 @@ test-orders: $(STAMP) system-packages
 	set -e; for seed in $(SEEDS); do $(PYTEST) --randomly-seed=$$seed tests $(PYTEST_ARGS); done
 
 # The peers live in their own venv: datatrove and rensa are not project dependencies.
+# lxml_html_clean: without it datatrove's Trafilatura helper dies at import and every record times out.
 .bench-venv/.installed:
 	$(PY) -m venv .bench-venv
-	.bench-venv/bin/pip install -q 'datatrove[processing]' spacy rensa warcio faust-cchardet python-magic orjson
+	.bench-venv/bin/pip install -q 'datatrove[processing]' lxml_html_clean spacy rensa warcio faust-cchardet python-magic orjson
 	touch $@
 
 bench: $(STAMP) docs-pages .bench-venv/.installed

@@ -16,10 +16,10 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +32,7 @@ from tasks.executor import ExecutorConfig, executor_scope, map_shards  # noqa: E
 from tests.helpers import DaskCluster, write_warc  # noqa: E402
 
 
-def data_stages(root: Path, warc: Path, executor: ExecutorConfig, workers: int) -> tuple[float, int]:
+def data_stages(root: Path, warc: Path, executor: ExecutorConfig, workers: int) -> tuple[float, int, dict]:
     from flows.config import load_config
     from tasks.clean import VERSION as CV, clean
     from tasks.dedup import VERSION as DV, DedupConfig, dedup
@@ -42,13 +42,20 @@ def data_stages(root: Path, warc: Path, executor: ExecutorConfig, workers: int) 
 
     raw = run_stage("ingest", IV, ingest, [], IngestConfig(paths=[str(warc)]), root)
     clean_cfg = load_config().clean.model_copy(update={"workers": workers})
-    start = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        result = fn()
+        stages[name] = time.perf_counter() - start
+        return result
+
     with executor_scope(executor):
-        docs = run_stage("extract", EV, extract, [str(raw)], ExtractConfig(workers=workers), root, sharded=True,
-                         layout={"shard_bytes": executor.shard_bytes})
-        cleaned = run_stage("clean", CV, clean, [str(docs)], clean_cfg, root, sharded=True)
-        run_stage("dedup", DV, dedup, [str(cleaned)], DedupConfig(workers=workers), root, sharded=True)
-    return time.perf_counter() - start, load_manifest(docs).stats["documents"]
+        docs = timed("extract", lambda: run_stage("extract", EV, extract, [str(raw)], ExtractConfig(workers=workers), root, sharded=True,
+                                                  layout={"shard_bytes": executor.shard_bytes}))
+        cleaned = timed("clean", lambda: run_stage("clean", CV, clean, [str(docs)], clean_cfg, root, sharded=True))
+        timed("dedup", lambda: run_stage("dedup", DV, dedup, [str(cleaned)], DedupConfig(workers=workers), root, sharded=True))
+    return sum(stages.values()), load_manifest(docs).stats["documents"], stages
 
 
 def per_shard_cost(executor: ExecutorConfig, n: int, tmp: Path) -> float:
@@ -59,13 +66,28 @@ def per_shard_cost(executor: ExecutorConfig, n: int, tmp: Path) -> float:
     return (time.perf_counter() - start) / n
 
 
-def resolve_peak(copies: int, limit: int | None) -> dict:
-    """Peak traced memory of resolve() on the pydoc corpus's signatures, `copies` times over
-    with fresh random signatures for each copy beyond the first (distinct documents)."""
+RESOLVE_CHILD = """
+import json, re, sys, tracemalloc
+import pyarrow as pa, pyarrow.parquet as pq
+from tasks.dedup import DedupConfig, resolve_from_files
+signed, index_part, buckets = json.loads(sys.argv[1])
+pq.read_table(buckets[0]); pq.read_table(index_part, columns=["id", "signature"]).take(pa.array([], pa.int64()))  # lazy imports, before measuring
+hwm = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+open("/proc/self/clear_refs", "w").write("5")  # resets the peak RSS to the current RSS
+before = hwm()
+tracemalloc.start()
+dups = resolve_from_files(signed, index_part, buckets, DedupConfig())
+traced = tracemalloc.get_traced_memory()[1]
+print(json.dumps({"duplicates": len(dups), "traced_peak_bytes": traced, "rss_before_kib": before, "rss_peak_kib": hwm()}))
+"""
+
+
+def pydoc_signatures(limit: int | None):
+    """Signatures and exact hashes of the pydoc pages' extracted text (the demo corpus)."""
     import numpy as np
 
-    from tasks.dedup import DedupConfig, Signer, buckets_of, exact_buckets, exact_hash, resolve
     from bench.data import pages as all_pages
+    from tasks.dedup import DedupConfig, Signer, exact_hash
     from tasks.extract import ExtractConfig, extract_text
 
     cfg = DedupConfig()
@@ -76,18 +98,63 @@ def resolve_peak(copies: int, limit: int | None) -> dict:
         except Exception:  # noqa: BLE001 - a page the extractor refuses is left out of this measure
             pass
     signer = Signer(cfg.shingle_words, cfg.num_perm, cfg.seed)
-    base = np.stack([signer.signature(t) for t in texts])
+    return np.stack([signer.signature(t) for t in texts]), [exact_hash(t) for t in texts]
+
+
+def resolve_peak(work: Path, copies: int, planted: bool, corpus) -> dict:
+    """The resolve step (tasks.dedup.resolve_from_files) in a fresh process, on the pydoc
+    corpus `copies` times over: each copy beyond the first is either distinct documents
+    (random signatures: the corpus grows, the candidates do not) or, `planted`, near copies
+    of the first (a few signature values changed: the candidates grow with it)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.dedup import EXACT, SIGNED_SCHEMA, DedupConfig, band_buckets
+
+    cfg = DedupConfig()
+    base, base_hashes = corpus
     rng = np.random.default_rng(0)
-    sigs = np.concatenate([base] + [rng.integers(0, 2**32, size=base.shape, dtype=np.uint32) for _ in range(copies - 1)])
-    ids = [f"{i:09d}" for i in range(len(sigs))]
-    hashes = [exact_hash(t) for t in texts] + [f"{i:032x}" for i in range(len(sigs) - len(texts))]
-    near = [b for band in range(cfg.bands) for b in buckets_of(sigs[:, band * cfg.rows:(band + 1) * cfg.rows], len(sigs))]
-    exact = exact_buckets(hashes, [])
-    tracemalloc.start()
-    dups = resolve(ids, exact, near, lambda p: sigs[p], [], cfg)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return {"documents": len(sigs), "bucket_members": sum(len(b) for b in near), "duplicates": len(dups), "peak_bytes": peak}
+    d = work / f"resolve-{copies}-{planted}"
+    d.mkdir(parents=True)
+    signed = []
+    for c in range(copies):
+        if c == 0:
+            sigs, hashes = base, base_hashes
+        elif planted:
+            sigs = base.copy()
+            cols = rng.integers(0, cfg.num_perm, size=(len(base), 8))  # 8 of 112 values differ: Jaccard ~0.93
+            np.put_along_axis(sigs, cols, rng.integers(0, 2**32, size=cols.shape, dtype=np.uint32), axis=1)
+            hashes = [f"{c:08x}{i:024x}" for i in range(len(base))]
+        else:
+            sigs = rng.integers(0, 2**32, size=base.shape, dtype=np.uint32)
+            hashes = [f"{c:08x}{i:024x}" for i in range(len(base))]
+        path = d / f"part-{c:05d}.parquet"
+        sig_col = pa.ListArray.from_arrays(pa.array(np.arange(0, sigs.size + 1, cfg.num_perm, dtype=np.int32)), pa.array(sigs.ravel()))
+        pq.write_table(pa.table({"id": [f"{c:04d}-{i:06d}" for i in range(len(sigs))], "hash": hashes, "signature": sig_col},
+                                schema=SIGNED_SCHEMA), path)
+        signed.append(str(path))
+    index_part = str(d / "index.parquet")
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "hash": pa.array([], pa.string()),
+                             "signature": pa.array([], pa.list_(pa.uint32()))}), index_part)
+    buckets = []
+    for b in [EXACT, *range(cfg.bands)]:
+        buckets.append(str(d / ("exact.parquet" if b == EXACT else f"band-{b:03d}.parquet")))
+        band_buckets((signed, index_part, b, cfg, buckets[-1], ""))
+    members = sum(len(m) for path in buckets for m in pq.read_table(path).column("members").to_pylist())
+    r = subprocess.run([sys.executable, "-c", RESOLVE_CHILD, json.dumps([signed, index_part, buckets])], cwd=ROOT,
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"resolve step failed: {r.stderr[-2000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"documents": copies * len(base), "planted": planted, "bucket_memberships": members, **out,
+            "rss_growth_kib": out["rss_peak_kib"] - out["rss_before_kib"]}
+
+
+def resolve_all(work: Path, limit: int | None) -> dict:
+    corpus = pydoc_signatures(limit)
+    return {"1x": resolve_peak(work, 1, False, corpus), "10x distinct": resolve_peak(work, 10, False, corpus),
+            "10x planted near copies": resolve_peak(work, 10, True, corpus)}
 
 
 def main() -> None:
@@ -95,8 +162,17 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=0, help="0: every page")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shard-bytes", type=int, default=1_000_000)
+    ap.add_argument("--only-resolve", action="store_true", help="only the resolve step's memory, merged into the results file")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llmill-scale-"))
+    if args.only_resolve:
+        out = HERE / "results-scale.json"
+        results = json.loads(out.read_text()) if out.exists() else {}
+        results["resolve"] = resolve_all(work, args.pages or None)
+        out.write_text(json.dumps(results, indent=2))
+        print(json.dumps(results["resolve"], indent=2))
+        shutil.rmtree(work, ignore_errors=True)
+        return
     warc = write_warc(work / "pydocs.warc.gz", pages(args.pages or None))
     results: dict = {"warc_bytes": warc.stat().st_size, "runs": []}
     cold = time.perf_counter()
@@ -110,9 +186,9 @@ def main() -> None:
         for r in range(args.rounds):
             for kind, workers, executor in (engines if r % 2 == 0 else engines[::-1]):
                 root = work / f"r{r}-{kind}{workers}"
-                seconds, docs = data_stages(root, warc, executor, workers)
+                seconds, docs, stages = data_stages(root, warc, executor, workers)
                 results["runs"].append({"round": r, "engine": kind, "workers": workers, "seconds": seconds, "documents": docs,
-                                        "docs_per_s_per_core": docs / seconds / workers})
+                                        "docs_per_s_per_core": docs / seconds / workers, "stages_s": stages})
                 print(json.dumps(results["runs"][-1]), flush=True)
                 shutil.rmtree(root, ignore_errors=True)
         results["per_shard_s"] = {"local": per_shard_cost(ExecutorConfig(), 200, work / "l"),
@@ -120,7 +196,7 @@ def main() -> None:
     start = time.perf_counter()
     with DaskCluster(work / "cold", workers=1):
         results["worker_cold_start_s"] = time.perf_counter() - start
-    results["resolve"] = {"1x": resolve_peak(1, args.pages or None), "10x": resolve_peak(10, args.pages or None)}
+    results["resolve"] = resolve_all(work, args.pages or None)
     best = {}
     for run in results["runs"]:
         key = f"{run['engine']}-{run['workers']}"

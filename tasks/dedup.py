@@ -8,8 +8,9 @@ the choice is deterministic.
 
 Distributed as the peers do it, with the same result as the one-process pass over
 datasketch's MinHashLSH (`find_duplicates`, kept as the reference): sign per shard, buckets per
-band (a task each on the executor; datasketch's band layout, compared as bytes), then one
-resolve pass over the documents that share a bucket only, then filter. Kept documents' hashes and signatures go to a persistent index
+band and of the exact hashes (a task each on the executor; datasketch's band layout, compared
+as bytes), then one resolve pass that reads the documents sharing a bucket only (its memory
+follows the candidates, not the corpus), then filter. Kept documents' hashes and signatures go to a persistent index
 so that a later batch is deduplicated against them without recomputing their signatures.
 """
 
@@ -21,7 +22,7 @@ import re
 import unicodedata
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -185,20 +186,6 @@ def sign_shard(args) -> dict:
     return {"rows": len(ids)}
 
 
-def read_signed(paths: list[str], cfg: DedupConfig) -> tuple[list[str], list[str], np.ndarray | None]:
-    ids, hashes, sigs = [], [], []
-    for p in paths:
-        t = pq.read_table(p)
-        ids += t.column("id").to_pylist()
-        hashes += t.column("hash").to_pylist()
-        if cfg.near:
-            flat = t.column("signature").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            sigs.append(flat.astype(np.uint32).reshape(-1, cfg.num_perm))
-    if not cfg.near:
-        return ids, hashes, None
-    return ids, hashes, np.concatenate(sigs) if sigs else np.zeros((0, cfg.num_perm), np.uint32)
-
-
 INDEX_SCHEMA = pa.schema([("id", pa.string()), ("hash", pa.string()), ("signature", pa.list_(pa.uint32()))])
 
 
@@ -238,24 +225,34 @@ def read_index(
 
 
 def write_index_segment(index: Path, name: str, ids, hashes, sigs) -> None:
-    """Append a segment: its file first, then its entry in the index manifest (under a lock,
-    so two dedup runs appending to one index both land). A segment written again (a rerun of
-    the same batch) keeps its place in the sequence."""
-    import fcntl
-
-    index.mkdir(parents=True, exist_ok=True)
+    """Append a segment from in-memory columns (sigs None: no signatures)."""
     table = pa.table(
         {"id": ids, "hash": hashes, "signature": [list(map(int, s)) for s in sigs] if sigs is not None else [[]] * len(ids)},
         schema=INDEX_SCHEMA,
     )
+    append_index_segment(index, name, [table])
+
+
+def append_index_segment(index: Path, name: str, tables) -> None:
+    """Append a segment written from `tables` (INDEX_SCHEMA, streamed one at a time): its file
+    first, then its entry in the index manifest (under a lock, so two dedup runs appending to
+    one index both land). A segment written again (a rerun of the same batch) keeps its place
+    in the sequence."""
+    import fcntl
+
+    index.mkdir(parents=True, exist_ok=True)
     tmp = index / f".{name}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, tmp, compression="zstd")
+    rows = 0
+    with pq.ParquetWriter(tmp, INDEX_SCHEMA, compression="zstd") as writer:
+        for table in tables:
+            writer.write_table(table)
+            rows += table.num_rows
     with open(index / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         segments = index_segments(index)
         os.replace(tmp, index / f"{name}.parquet")
         seq = next((seg["seq"] for seg in segments if seg["name"] == name), max((seg["seq"] for seg in segments), default=-1) + 1)
-        segments = [seg for seg in segments if seg["name"] != name] + [{"name": name, "seq": seq, "rows": len(ids)}]
+        segments = [seg for seg in segments if seg["name"] != name] + [{"name": name, "seq": seq, "rows": rows}]
         write_atomic(index / INDEX_MANIFEST, json.dumps({"segments": sorted(segments, key=lambda seg: seg["seq"])}, indent=1).encode())
 
 
@@ -322,18 +319,26 @@ def buckets_of(keys: np.ndarray, batch_size: int) -> list[list[int]]:
     return [order[a:b].tolist() for a, b in zip(starts, ends) if b - a >= 2 and order[a:b].min() < batch_size]
 
 
+EXACT = -1  # the "band" whose key is the normalized-text hash
+
+
 def band_buckets(args) -> dict:
-    """One band's buckets over the batch's signed parts and the index (a Dask/pool task):
-    datasketch's band layout, hashvalues[band*rows:(band+1)*rows], compared as bytes."""
+    """One band's buckets over the batch's signed parts and the index part (a Dask/pool task):
+    datasketch's band layout, hashvalues[band*rows:(band+1)*rows], compared as bytes. Band
+    EXACT buckets the exact hashes instead (an empty hash, exact dedup off, is in none)."""
     signed_paths, index_path, band, cfg, out_path, _ = args
-    parts = [pq.read_table(p, columns=["signature"]) for p in [*signed_paths, index_path]]
-    batch = sum(t.num_rows for t in parts[:-1])
-    lo, hi = band * cfg.rows, (band + 1) * cfg.rows
-    rows = []
-    for t in parts:
-        flat = t.column("signature").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.uint32)
-        rows.append(flat.reshape(-1, cfg.num_perm)[:, lo:hi] if len(flat) else np.zeros((t.num_rows, hi - lo), np.uint32))
-    buckets = buckets_of(np.concatenate(rows), batch)
+    if band == EXACT:
+        hashes = [h for p in signed_paths for h in pq.read_table(p, columns=["hash"]).column("hash").to_pylist()]
+        buckets = exact_buckets(hashes, pq.read_table(index_path, columns=["hash"]).column("hash").to_pylist())
+    else:
+        parts = [pq.read_table(p, columns=["signature"]) for p in [*signed_paths, index_path]]
+        batch = sum(t.num_rows for t in parts[:-1])
+        lo, hi = band * cfg.rows, (band + 1) * cfg.rows
+        rows = []
+        for t in parts:
+            flat = t.column("signature").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.uint32)
+            rows.append(flat.reshape(-1, cfg.num_perm)[:, lo:hi] if len(flat) else np.zeros((t.num_rows, hi - lo), np.uint32))
+        buckets = buckets_of(np.concatenate(rows), batch)
     pq.write_table(pa.table({"members": buckets}, schema=pa.schema([("members", pa.list_(pa.int64()))])), out_path)
     return {"buckets": len(buckets)}
 
@@ -345,18 +350,18 @@ def exact_buckets(hashes: list[str], index_hashes: list[str]) -> list[list[int]]
 
 
 def resolve(
-    ids: list[str],
+    n: int,
     exact: list[list[int]],
     near: list[list[int]],
+    key: Callable[[int], str],
     signature: Callable[[int], np.ndarray],
-    index_ids: list[str],
     cfg: DedupConfig,
 ) -> dict[str, tuple[str, str, float]]:
     """find_duplicates' pass (id order, first of a cluster kept, best Jaccard confirmed) over
     the positions that share a bucket only: a document in no bucket has no candidate and can
-    be no one's. Positions from len(ids) on are the index's; `signature(position)` reads one."""
-    n = len(ids)
-    key = lambda p: ids[p] if p < n else index_ids[p - n]  # noqa: E731
+    be no one's. Positions from n on are the index's; `key(position)` is a document's id and
+    `signature(position)` its signature, asked for bucket members only."""
+    ids = _Ids(key)
     dups: dict[str, tuple[str, str, float]] = {}
     if cfg.exact:
         for bucket in exact:
@@ -392,6 +397,49 @@ def resolve(
     return dups
 
 
+class _Ids:
+    """ids[p] read through `key`, so resolve's body reads as find_duplicates' does."""
+
+    def __init__(self, key: Callable[[int], str]):
+        self.key = key
+
+    def __getitem__(self, p: int) -> str:
+        return self.key(p)
+
+
+def resolve_from_files(signed: list[str], index_part: str, bucket_files: list[str], cfg: DedupConfig) -> dict[str, tuple[str, str, float]]:
+    """The resolve step: reads the buckets, then the id and signature of their members only
+    (one part at a time), so its memory grows with the candidates, not with the corpus."""
+    exact: list[list[int]] = []
+    near: list[list[int]] = []
+    for path in bucket_files:
+        members = pq.read_table(path).column("members").to_pylist()
+        (exact if Path(path).name == "exact.parquet" else near).extend(members)
+    parts = [*signed, index_part]
+    starts = np.cumsum([0] + [pq.ParquetFile(p).metadata.num_rows for p in parts])
+    n = int(starts[-2])
+    wanted = np.array(sorted({p for bucket in [*exact, *near] for p in bucket}), dtype=np.int64)
+    ident: dict[int, str] = {}
+    sig: dict[int, np.ndarray] = {}
+    for k, path in enumerate(parts):
+        mine = wanted[(wanted >= starts[k]) & (wanted < starts[k + 1])]
+        if not len(mine):
+            continue
+        t = pq.read_table(path, columns=["id", "signature"]).take(pa.array(mine - starts[k]))
+        for p, i, s in zip(mine.tolist(), t.column("id").to_pylist(), t.column("signature").to_pylist()):
+            ident[p] = i
+            sig[p] = np.asarray(s, dtype=np.uint32)
+    return resolve(n, exact, near, ident.__getitem__, sig.__getitem__, cfg)
+
+
+def kept_index_rows(signed: list[str], dups: dict) -> Iterator[pa.Table]:
+    """The batch's kept documents as index rows, one signed part at a time."""
+    for path in signed:
+        t = pq.read_table(path)
+        keep = pa.array([i not in dups for i in t.column("id").to_pylist()], pa.bool_())
+        yield t.filter(keep).select(["id", "hash", "signature"]).cast(INDEX_SCHEMA)
+
+
 DUP_SCHEMA = pa.schema(
     [("id", pa.string()), ("url", pa.string()), ("kept_id", pa.string()), ("kind", pa.string()), ("jaccard", pa.float32())]
 )
@@ -407,21 +455,19 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
     _, ran = map_shards(sign_shard, [(str(f), (str(f), cfg, s)) for f, s in zip(files, signed)], out, ["tasks.dedup"],
                         progress, workers=cfg.workers)
     signed = sorted(signed, key=lambda s: str(files[signed.index(s)]))  # documents in path order
-    ids, hashes, sigs = read_signed(signed, cfg)
+    ids = [i for p in signed for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
     idx_ids, idx_hashes, idx_sigs = read_index(index, segment, set(ids), cfg.num_perm)
-    near: list[list[int]] = []
-    if cfg.near:  # buckets per band, on the executor; the index's live entries ride along as one more part
-        index_part = str(scratch / "index.parquet")
-        pq.write_table(pa.table({"signature": pa.FixedSizeListArray.from_arrays(pa.array(idx_sigs.ravel()), cfg.num_perm)}),
-                       index_part)
-        bands = [str(scratch / f"band-{b:03d}.parquet") for b in range(cfg.bands)]
-        index_state = digest_of(idx_ids)  # in the job, so a band's marker is reused only for the same index
-        map_shards(band_buckets, [(f"band {b}", (signed, index_part, b, cfg, bands[b], index_state)) for b in range(cfg.bands)],
-                   out / ".bands", ["tasks.dedup"], workers=cfg.workers)
-        near = [m for path in bands for m in pq.read_table(path).column("members").to_pylist()]
-    exact = exact_buckets(hashes, idx_hashes) if cfg.exact else []
-    everything = np.concatenate([sigs, idx_sigs]) if cfg.near else None
-    dups = resolve(ids, exact, near, lambda p: everything[p], idx_ids, cfg)
+    # the index's live entries ride along as one more part
+    index_part = str(scratch / "index.parquet")
+    pq.write_table(pa.table({"id": idx_ids, "hash": idx_hashes,
+                             "signature": pa.FixedSizeListArray.from_arrays(pa.array(idx_sigs.ravel(), pa.uint32()), cfg.num_perm)}),
+                   index_part)
+    bands = ([EXACT] if cfg.exact else []) + (list(range(cfg.bands)) if cfg.near else [])
+    buckets = [str(scratch / ("exact.parquet" if b == EXACT else f"band-{b:03d}.parquet")) for b in bands]
+    index_state = digest_of(idx_ids)  # in the job, so a band's marker is reused only for the same index
+    map_shards(band_buckets, [("exact hashes" if b == EXACT else f"band {b}", (signed, index_part, b, cfg, path, index_state))
+                              for b, path in zip(bands, buckets)], out / ".bands", ["tasks.dedup"], workers=cfg.workers)
+    dups = resolve_from_files(signed, index_part, buckets, cfg)
 
     (out / "docs").mkdir(exist_ok=True)
     dup_rows = []
@@ -434,14 +480,7 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
                 kept, kind, j = dups[i]
                 dup_rows.append({"id": i, "url": url, "kept_id": kept, "kind": kind, "jaccard": j})
     pq.write_table(pa.Table.from_pylist(dup_rows, DUP_SCHEMA), out / "duplicates.parquet")
-    kept_mask = [i not in dups for i in ids]
-    write_index_segment(
-        index,
-        segment,
-        [i for i, k in zip(ids, kept_mask) if k],
-        [h for h, k in zip(hashes, kept_mask) if k],
-        sigs[np.array(kept_mask, dtype=bool)] if sigs is not None and ids else None,
-    )
+    append_index_segment(index, segment, kept_index_rows(signed, dups))
     exact = sum(1 for d in dups.values() if d[1] == "exact")
     index_set = set(idx_ids)
     return {
