@@ -443,6 +443,24 @@ def kept_index_rows(signed: list[str], dups: dict) -> Iterator[pa.Table]:
 DUP_SCHEMA = pa.schema(
     [("id", pa.string()), ("url", pa.string()), ("kept_id", pa.string()), ("kind", pa.string()), ("jaccard", pa.float32())]
 )
+# the resolve step's verdicts, handed to the filter tasks (the Jaccard as resolve computed it)
+DUPS_SCHEMA = pa.schema([("id", pa.string()), ("kept_id", pa.string()), ("kind", pa.string()), ("jaccard", pa.float64())])
+PART_DUP_SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("kept_id", pa.string()), ("kind", pa.string()),
+                             ("jaccard", pa.float64())])
+
+
+def filter_shard(args) -> dict:
+    """One part's kept documents, and its rows of the duplicates table (a Dask/pool task)."""
+    path, dups_path, docs_out, dup_rows_out, _ = args
+    verdicts = {r["id"]: r for r in pq.read_table(dups_path).to_pylist()}
+    t = pq.read_table(path)
+    ids = t.column("id").to_pylist()
+    is_dup = np.array([i in verdicts for i in ids], dtype=bool)
+    pq.write_table(t.filter(pa.array(~is_dup)), docs_out, compression="zstd")
+    rows = [{"id": i, "url": url, **{k: verdicts[i][k] for k in ("kept_id", "kind", "jaccard")}}
+            for i, url in zip(ids, t.column("url").to_pylist()) if i in verdicts]
+    pq.write_table(pa.Table.from_pylist(rows, PART_DUP_SCHEMA), dup_rows_out)
+    return {"kept": int((~is_dup).sum())}
 
 
 def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = no_progress) -> dict:
@@ -470,15 +488,13 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
     dups = resolve_from_files(signed, index_part, buckets, cfg)
 
     (out / "docs").mkdir(exist_ok=True)
-    dup_rows = []
-    for n, f in enumerate(files):
-        t = pq.read_table(f)
-        is_dup = np.array([i in dups for i in t.column("id").to_pylist()], dtype=bool)
-        pq.write_table(t.filter(pa.array(~is_dup)), out / "docs" / f"part-{n:05d}.parquet", compression="zstd")
-        for i, url in zip(t.column("id").to_pylist(), t.column("url").to_pylist()):
-            if i in dups:
-                kept, kind, j = dups[i]
-                dup_rows.append({"id": i, "url": url, "kept_id": kept, "kind": kind, "jaccard": j})
+    dups_path = str(scratch / "dups.parquet")
+    pq.write_table(pa.Table.from_pylist([{"id": i, "kept_id": k, "kind": kind, "jaccard": j} for i, (k, kind, j) in sorted(dups.items())],
+                                        DUPS_SCHEMA), dups_path)
+    parts = [(str(f), dups_path, str(out / "docs" / f"part-{n:05d}.parquet"), str(scratch / f"dups-{n:05d}.parquet"), digest_of(sorted(dups.items())))
+             for n, f in enumerate(files)]
+    map_shards(filter_shard, [(f, job) for f, job in zip(map(str, files), parts)], out / ".filter", ["tasks.dedup"], workers=cfg.workers)
+    dup_rows = [row for job in parts for row in pq.read_table(job[3]).to_pylist()]  # in file order, as the stage always wrote them
     pq.write_table(pa.Table.from_pylist(dup_rows, DUP_SCHEMA), out / "duplicates.parquet")
     append_index_segment(index, segment, kept_index_rows(signed, dups))
     exact = sum(1 for d in dups.values() if d[1] == "exact")
