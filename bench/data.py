@@ -208,8 +208,8 @@ def llmill_run(warc_dir: Path, root: Path, prefect_home: Path, extra: tuple[str,
         raise RuntimeError(f"llmill data failed: {r.stdout[-1000:]} {r.stderr[-2000:]}")
     from tasks.stage import load_manifest
 
-    dedup_manifest = max((root / "datasets" / "dedup").rglob("manifest.json"), key=lambda p: p.stat().st_mtime)
-    return {"wall_s": wall, "documents_kept": load_manifest(dedup_manifest.parent).stats["documents"]}
+    dedup_manifest = max((root / "dedup").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    return {"wall_s": wall, "documents_kept": load_manifest(dedup_manifest.parent).stats["documents_out"]}
 
 
 def against_datatrove(warc_dir: Path, rounds: int) -> dict | None:
