@@ -361,18 +361,17 @@ def resolve(
     the positions that share a bucket only: a document in no bucket has no candidate and can
     be no one's. Positions from n on are the index's; `key(position)` is a document's id and
     `signature(position)` its signature, asked for bucket members only."""
-    ids = _Ids(key)
     dups: dict[str, tuple[str, str, float]] = {}
     if cfg.exact:
         for bucket in exact:
             # the index's holder of a hash is its last in id order (a dict built in that order)
             held = [p for p in bucket if p >= n]
             kept = key(max(held, key=lambda p: (key(p), p))) if held else None
-            for p in sorted((p for p in bucket if p < n), key=lambda p: (ids[p], p)):
+            for p in sorted((p for p in bucket if p < n), key=lambda p: (key(p), p)):
                 if kept is None:
-                    kept = ids[p]
-                elif kept != ids[p]:
-                    dups[ids[p]] = (kept, "exact", 1.0)
+                    kept = key(p)
+                elif kept != key(p):
+                    dups[key(p)] = (kept, "exact", 1.0)
     if not cfg.near:
         return dups
     buckets_of_position: dict[int, list[int]] = {}
@@ -380,31 +379,21 @@ def resolve(
         for p in bucket:
             buckets_of_position.setdefault(p, []).append(b)
     inserted: dict[str, int] = {}  # id -> the position whose signature the LSH holds
-    for p in sorted((p for p in buckets_of_position if p < n), key=lambda p: (ids[p], p)):
-        if ids[p] in dups or ids[p] in inserted:
+    for p in sorted((p for p in buckets_of_position if p < n), key=lambda p: (key(p), p)):
+        if key(p) in dups or key(p) in inserted:
             continue
         sig = signature(p)
         best, best_j = None, -1.0
         for q in {q for b in buckets_of_position[p] for q in near[b]}:
-            if q != p and (q >= n or inserted.get(ids[q]) == q):
+            if q != p and (q >= n or inserted.get(key(q)) == q):
                 j = float(np.mean(signature(q) == sig))
                 if j > best_j or (j == best_j and key(q) < best):
                     best, best_j = key(q), j
         if best is not None and best_j >= cfg.min_jaccard:
-            dups[ids[p]] = (best, "near", round(best_j, 4))
+            dups[key(p)] = (best, "near", round(best_j, 4))
         else:
-            inserted[ids[p]] = p
+            inserted[key(p)] = p
     return dups
-
-
-class _Ids:
-    """ids[p] read through `key`, so resolve's body reads as find_duplicates' does."""
-
-    def __init__(self, key: Callable[[int], str]):
-        self.key = key
-
-    def __getitem__(self, p: int) -> str:
-        return self.key(p)
 
 
 def resolve_from_files(signed: list[str], index_part: str, bucket_files: list[str], cfg: DedupConfig) -> dict[str, tuple[str, str, float]]:
