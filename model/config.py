@@ -1,10 +1,13 @@
-"""Training configuration, shared by pretraining and (later) fine-tuning."""
+"""The model's and training's configuration, shared by pretraining and fine-tuning; free of
+torch, so the config tree (and the data flow) loads without it."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+IGNORE = -100  # the label of a position the loss skips (torch's cross_entropy default ignore_index)
 
 
 def usable_cpus() -> int:
@@ -64,3 +67,48 @@ class HeadConfig(BaseModel):
     freeze_layers: int = Field(0, ge=0, description="lower decoder blocks kept frozen")
     head_lr_scale: float = Field(10.0, gt=0, description="the head's learning rate = lr x this")
     class_weights: list[float] = Field(default_factory=list, description="per-class loss weights; set by the pipeline when balance_classes")
+
+
+PRESETS: dict[str, dict] = {
+    "test-tiny": dict(n_layer=2, n_head=2, n_kv_head=2, d_model=64, d_ff=192, max_seq_len=128),
+    "demo": dict(n_layer=4, n_head=4, n_kv_head=4, d_model=256, d_ff=768, max_seq_len=256),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_kv_head=12, d_model=768, d_ff=2048, max_seq_len=1024),
+}
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    preset: str | None = Field("demo", description="test-tiny | demo | gpt2-small; explicit fields override it")
+    vocab_size: int = Field(4096, ge=8, description="set from the tokenizer by the pipeline")
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_kv_head: int = Field(4, ge=1)
+    d_model: int = Field(256, ge=8)
+    d_ff: int = Field(768, ge=8)
+    max_seq_len: int = Field(256, ge=8)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = Field(0.0, ge=0, lt=1, description="on the embeddings and each residual branch")
+    attention_dropout: float = Field(0.0, ge=0, lt=1, description="on attention weights; >0 leaves SDPA's fused CPU kernel, ~40% slower here")
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset", "demo"):
+            name = data.get("preset", "demo")
+            if name not in PRESETS:
+                raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+            data = {**PRESETS[name], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.n_head or self.n_head % self.n_kv_head or (self.d_model // self.n_head) % 2:
+            raise ValueError("d_model must split into n_head even-sized heads, and n_head into n_kv_head groups")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head

@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-IGNORE = -100
+from model.config import IGNORE
+
 PAD = 0
 
 

@@ -15,21 +15,22 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
-import torch.nn.functional as F
 import yaml
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.data import live_documents, live_tokens, open_tokens, split_shards
-from model.llama import Llama, ModelConfig
+from model.config import ModelConfig
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.scores import bits_per_byte, classification_scores, unigram_bpb, xz_baselines
 from tasks.stage import Progress, load_manifest, no_progress, write_atomic
 from tasks.train_tokenizer import BOS, EOS, MODEL_FILE
+
+if TYPE_CHECKING:  # torch loads only when a model is evaluated: the config tree imports this module
+    from model.llama import Llama
 
 VERSION = 1
 DEFAULT_BIAS_PROBE = Path(__file__).resolve().parents[1] / "configs" / "bias_probe.yaml"
@@ -67,6 +68,7 @@ class EvaluateConfig(BaseModel):
 
 def load_lm(run: str | Path, weights: str = "final") -> Llama:
     from model.export import load_weights
+    from model.llama import Llama
 
     run = Path(run)
     model = Llama(ModelConfig.model_validate_json((run / weights / "model_config.json").read_text()))
@@ -75,12 +77,16 @@ def load_lm(run: str | Path, weights: str = "final") -> Llama:
 
 
 def split_tokens(shards: str | Path, split: str) -> np.ndarray:
+    from model.data import live_tokens, split_shards
+
     parts = [live_tokens(f, retired) for f, retired in split_shards(shards, split)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
 def split_docs(shards: str | Path, split: str, sp) -> list[str]:
     """The split's documents, decoded from the shards in stream order."""
+    from model.data import live_documents, open_tokens, split_shards
+
     docs = []
     for f, retired in split_shards(shards, split):
         tokens = open_tokens(f)
@@ -93,10 +99,19 @@ def as_text(docs: list[str]) -> str:
     return "".join(d + "\n" for d in docs)
 
 
-@torch.no_grad()
 def stream_nll(model: Llama, tokens: np.ndarray, batch_size: int = 8, progress: Progress = no_progress) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of every token of `tokens`, read as one stream after
     <s>, in consecutive windows of the model's context; and the number of tokens scored."""
+    import torch
+
+    with torch.no_grad():
+        return _stream_nll(model, tokens, batch_size, progress)
+
+
+def _stream_nll(model: Llama, tokens: np.ndarray, batch_size: int, progress: Progress) -> tuple[float, int]:
+    import torch
+    import torch.nn.functional as F
+
     window = model.cfg.max_seq_len
     stream = torch.from_numpy(np.concatenate(([BOS], tokens.astype(np.int64))))
     starts = list(range(0, len(stream) - 1, window))
@@ -151,6 +166,8 @@ def evaluate_lm(model: Llama, shards: str, sp, cfg: EvaluateConfig, progress: Pr
 
 
 def generate_samples(model: Llama, sp, g: GenerationConfig) -> list[dict]:
+    import torch
+
     out = []
     for i, prompt in enumerate(g.prompts):
         torch.manual_seed(g.seed + i)
@@ -168,8 +185,14 @@ def read_split(examples: str, split: str) -> pa.Table | None:
     return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all() if path.exists() else None
 
 
-@torch.no_grad()
 def predict_classes(run: str, examples: str, split: str, batch_size: int = 16) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        return _predict_classes(run, examples, split, batch_size)
+
+
+def _predict_classes(run: str, examples: str, split: str, batch_size: int) -> list[int]:
     from model.examples import ExampleSet
     from model.export import load_weights
     from model.heads import Classifier
@@ -218,6 +241,8 @@ def continuation_logprob(model: Llama, sp, prefix: str, sentence: str) -> float:
     identical across groups, so the group word's own length and frequency do not enter."""
     full, head = [BOS] + sp.encode(sentence), [BOS] + sp.encode(prefix)
     start = len(head) if full[: len(head)] == head else 1  # a piece across the boundary: score it all
+    import torch
+
     ids = torch.tensor([full])
     with torch.no_grad():
         logits, _ = model(ids[:, :-1])

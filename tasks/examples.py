@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.examples import IGNORE
+from model.config import IGNORE
 from tasks.clean import doc_files
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress, write_atomic

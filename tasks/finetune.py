@@ -15,7 +15,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.config import HeadConfig, TrainConfig
-from model.llama import ModelConfig
+from model.config import ModelConfig
 from tasks.examples import ExamplesConfig
 from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
 from tasks.pretrain import loss_plot_markdown, plot_losses, training_events

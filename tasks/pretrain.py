@@ -16,7 +16,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.config import TrainConfig
-from model.llama import ModelConfig
+from model.config import ModelConfig
 from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
 from tasks.train_tokenizer import MODEL_FILE
