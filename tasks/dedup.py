@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 from prefect import task
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tasks.clean import doc_files
 from tasks.executor import ExecutorConfig, map_shards
 from tasks.orchestration import STAGE_CACHE, prefect_stage
-from tasks.stage import Progress, digest_of, no_progress, write_atomic
+from tasks.stage import Progress, digest_of, file_sha256, no_progress, write_atomic
 
 VERSION = 1
 MAX_HASH = np.uint64((1 << 32) - 1)
@@ -204,24 +205,54 @@ def index_segments(index: Path) -> list[dict]:
     return [{"name": p.stem, "seq": i, "rows": pq.ParquetFile(p).metadata.num_rows} for i, p in enumerate(legacy)]
 
 
+def live_index(index: Path, exclude_segment: str, exclude_ids: pa.Array, num_perm: int) -> pa.Table:
+    """Kept documents of earlier batches, in id order (id, hash, signature[num_perm]); a batch's
+    own documents are never its duplicates. A document a refresh replaced appears in several
+    segments: the latest segment wins. Held as Arrow columns (about num_perm x 4 bytes a
+    document), with no Python object per entry: the choice of live rows reads ids only."""
+    segments = [seg for seg in index_segments(index) if seg["name"] != exclude_segment]
+    keys = []
+    for seg in segments:  # (id, seq << 32 | row): the largest per id is its latest entry
+        ids = pq.read_table(index / f"{seg['name']}.parquet", columns=["id"]).column("id")
+        keys.append(pa.table({"id": ids, "at": pa.array((seg["seq"] << 32) + np.arange(len(ids), dtype=np.int64))}))
+    empty = pa.table({"id": pa.array([], pa.string()), "hash": pa.array([], pa.string()),
+                      "signature": pa.FixedSizeListArray.from_arrays(pa.array([], pa.uint32()), num_perm)})
+    if not keys:
+        return empty
+    latest = pa.concat_tables(keys).group_by("id").aggregate([("at", "max")])
+    latest = latest.filter(pc.invert(pc.is_in(latest["id"], value_set=exclude_ids))).sort_by("id")
+    at = latest["at_max"].to_numpy()
+    position = np.arange(len(at))
+    parts = []
+    for seg in segments:
+        mine = (at >> 32) == seg["seq"]
+        if not mine.any():
+            continue
+        t = pq.read_table(index / f"{seg['name']}.parquet").take(pa.array(at[mine] & 0xFFFFFFFF))
+        parts.append(pa.table({"id": t["id"], "hash": t["hash"], "signature": fixed_signatures(t["signature"], num_perm),
+                               "position": position[mine]}))
+    if not parts:
+        return empty
+    return pa.concat_tables(parts).sort_by("position").drop_columns(["position"])
+
+
+def fixed_signatures(column, num_perm: int) -> pa.FixedSizeListArray:
+    """Signatures as fixed-size lists; segments written with near-dedup off hold none (zeros)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    sigs = np.zeros((len(column), num_perm), dtype=np.uint32)
+    full = pc.equal(pc.list_value_length(column), num_perm).fill_null(False).to_numpy(zero_copy_only=False)
+    if full.any():
+        sigs[full] = pc.list_flatten(column.filter(pa.array(full))).to_numpy().reshape(-1, num_perm)
+    return pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel(), pa.uint32()), num_perm)
+
+
 def read_index(
     index: Path, exclude_segment: str, exclude_ids: set[str], num_perm: int
 ) -> tuple[list[str], list[str], np.ndarray]:
-    """Kept documents of earlier batches; a batch's own documents are never its duplicates.
-    A document a refresh replaced appears in several segments: the latest segment wins."""
-    latest: dict[str, tuple[str, list[int]]] = {}
-    for seg in index_segments(index):
-        if seg["name"] == exclude_segment:
-            continue
-        t = pq.read_table(index / f"{seg['name']}.parquet")
-        for i, h, s in zip(t.column("id").to_pylist(), t.column("hash").to_pylist(), t.column("signature").to_pylist()):
-            latest[i] = (h, s)
-    ids = sorted(i for i in latest if i not in exclude_ids)
-    sigs = np.zeros((len(ids), num_perm), dtype=np.uint32)
-    for row, i in enumerate(ids):
-        if len(latest[i][1]) == num_perm:  # segments written with near-dedup off hold no signature
-            sigs[row] = latest[i][1]
-    return ids, [latest[i][0] for i in ids], sigs
+    """live_index as Python lists and a signature matrix, for the one-process reference pass."""
+    t = live_index(index, exclude_segment, pa.array(sorted(exclude_ids), pa.string()), num_perm)
+    sigs = t["signature"].combine_chunks().values.to_numpy().reshape(-1, num_perm) if len(t) else np.zeros((0, num_perm), np.uint32)
+    return t["id"].to_pylist(), t["hash"].to_pylist(), sigs
 
 
 def write_index_segment(index: Path, name: str, ids, hashes, sigs) -> None:
@@ -463,15 +494,14 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
                         progress, workers=cfg.workers)
     signed = sorted(signed, key=lambda s: str(files[signed.index(s)]))  # documents in path order
     ids = [i for p in signed for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
-    idx_ids, idx_hashes, idx_sigs = read_index(index, segment, set(ids), cfg.num_perm)
-    # the index's live entries ride along as one more part
-    index_part = str(scratch / "index.parquet")
-    pq.write_table(pa.table({"id": idx_ids, "hash": idx_hashes,
-                             "signature": pa.FixedSizeListArray.from_arrays(pa.array(idx_sigs.ravel(), pa.uint32()), cfg.num_perm)}),
-                   index_part)
+    live = live_index(index, segment, pa.array(ids, pa.string()), cfg.num_perm)
+    index_part = str(scratch / "index.parquet")  # the index's live entries ride along as one more part
+    pq.write_table(live, index_part)
+    index_ids = live["id"]
+    del live
     bands = ([EXACT] if cfg.exact else []) + (list(range(cfg.bands)) if cfg.near else [])
     buckets = [str(scratch / ("exact.parquet" if b == EXACT else f"band-{b:03d}.parquet")) for b in bands]
-    index_state = digest_of(idx_ids)  # in the job, so a band's marker is reused only for the same index
+    index_state = file_sha256(Path(index_part))  # in the job, so a band's marker is reused only for the same index
     map_shards(band_buckets, [("exact hashes" if b == EXACT else f"band {b}", (signed, index_part, b, cfg, path, index_state))
                               for b, path in zip(bands, buckets)], out / ".bands", ["tasks.dedup"], workers=cfg.workers)
     dups = resolve_from_files(signed, index_part, buckets, cfg)
@@ -487,7 +517,7 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
     pq.write_table(pa.Table.from_pylist(dup_rows, DUP_SCHEMA), out / "duplicates.parquet")
     append_index_segment(index, segment, kept_index_rows(signed, dups))
     exact = sum(1 for d in dups.values() if d[1] == "exact")
-    index_set = set(idx_ids)
+    kept_ids = pa.array([d[0] for d in dups.values()], pa.string())
     return {
         "shards": len(files),
         "shards_processed": ran,
@@ -495,8 +525,8 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
         "exact_duplicates": exact,
         "near_duplicates": len(dups) - exact,
         "documents_out": len(ids) - len(dups),
-        "index_documents_before": len(idx_ids),
-        "duplicates_of_index": sum(1 for d in dups.values() if d[0] in index_set),
+        "index_documents_before": len(index_ids),
+        "duplicates_of_index": pc.sum(pc.is_in(kept_ids, value_set=index_ids.combine_chunks())).as_py() or 0,
         "index": str(index),
     }
 

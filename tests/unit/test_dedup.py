@@ -209,3 +209,28 @@ def test_the_distributed_pass_equals_the_one_process_pass_bit_for_bit(tmp_path):
             out = Path(run_stage("dedup", 1, dedup, [ds], cfg, root))
             assert (out / "duplicates.parquet").read_bytes() == reference_duplicates(out, cfg, doc_files(ds)), (min_jaccard, name)
         assert load_manifest(out).stats["duplicates_of_index"] > 10
+
+
+def test_the_live_index_equals_a_last_write_wins_reading_of_every_segment(tmp_path):
+    """The Arrow view of the index against the plain reading it replaced: every segment in
+    sequence order into a dict (the latest entry wins), the batch's own ids left out, id order."""
+    from tasks.dedup import index_segments, live_index, write_index_segment
+
+    rng = random.Random(11)
+    index = tmp_path / "index"
+    for n in range(4):
+        ids = rng.sample([f"doc-{i:03d}" for i in range(40)], 15)
+        sigs = None if n == 2 else np.array([[rng.randrange(2**32) for _ in range(16)] for _ in ids], dtype=np.uint32)  # batch 2: near-dedup off
+        write_index_segment(index, f"batch-{n}", ids, [f"h{n}-{i}" for i in ids], sigs)
+    expected = {}
+    for seg in index_segments(index):
+        t = pq.read_table(index / f"{seg['name']}.parquet")
+        for i, h, s in zip(t["id"].to_pylist(), t["hash"].to_pylist(), t["signature"].to_pylist()):
+            expected[i] = (h, s if len(s) == 16 else [0] * 16)
+    exclude = sorted(rng.sample(sorted(expected), 5))
+    live = live_index(index, "", pa.array(exclude, pa.string()), 16)
+    want = sorted((i, *v) for i, v in expected.items() if i not in exclude)
+    assert list(zip(live["id"].to_pylist(), live["hash"].to_pylist(), live["signature"].to_pylist())) == want
+    assert any(h.startswith("h2-") for _, h, _ in want) and any(h.startswith("h3-") for _, h, _ in want)
+    assert live_index(index, "batch-3", pa.array([], pa.string()), 16).num_rows == len({i for s in ("batch-0", "batch-1", "batch-2")
+                                                                                      for i in pq.read_table(index / f"{s}.parquet")["id"].to_pylist()})
