@@ -1,11 +1,13 @@
 """Scale benchmark: the data stages on the local pool and on Dask, per core, at 1 and 2 workers.
 
-    .venv/bin/python bench/scale.py [--pages N] [--rounds R]
+    .venv/bin/python bench/scale.py [--pages N] [--rounds R] [--shard-bytes B] [--pin]
 
 Input: the HTML pages of Debian's python3.11-doc in one WARC file, cut into shards of
 `--shard-bytes`. Each round runs extract -> clean -> dedup on a fresh root with every engine
 (local pool, Dask with an external scheduler and warm workers) at 1 and 2 workers, in
-alternating order. Also: the engine's cost per shard (a trivial shard function), the
+alternating order; with --pin, a run's processes (the bench, its shard processes, the
+cluster's scheduler and workers) are held to as many cores as it has workers. Each run also
+records the machine's busy cores while it ran. Also: the engine's cost per shard (a trivial shard function), the
 cold start of a Dask worker, and the resolve step's peak memory at 1x and 10x the corpus.
 Writes bench/results-scale.json; the figures go into bench/RESULTS.md by hand.
 """
@@ -13,6 +15,7 @@ Writes bench/results-scale.json; the figures go into bench/RESULTS.md by hand.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -56,6 +59,50 @@ def data_stages(root: Path, warc: Path, executor: ExecutorConfig, workers: int) 
         cleaned = timed("clean", lambda: run_stage("clean", CV, clean, [str(docs)], clean_cfg, root, sharded=True))
         timed("dedup", lambda: run_stage("dedup", DV, dedup, [str(cleaned)], DedupConfig(workers=workers), root, sharded=True))
     return sum(stages.values()), load_manifest(docs).stats["documents"], stages
+
+
+def tree(pids: list[int]):
+    """The processes of these trees (a cluster's scheduler and workers, the bench and its
+    forkserver and shard processes) as they are now."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            top = psutil.Process(pid)
+            procs += [top, *top.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+@contextlib.contextmanager
+def on_cores(pids: list[int], cores: set[int] | None):
+    """Pin every process of these trees to `cores` for the run (None: leave them be), so that
+    N workers get N cores and no spare one absorbs the driver's or the scheduler's work."""
+    import psutil
+
+    if cores is None:
+        yield
+        return
+    everything = sorted(os.sched_getaffinity(0))
+    for proc in tree(pids):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.cpu_affinity(sorted(cores))
+    try:
+        yield
+    finally:  # shard processes started during the run are let go too
+        for proc in tree(pids):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.cpu_affinity(everything)
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy so far (every process, this bench's and others')."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
 
 
 def per_shard_cost(executor: ExecutorConfig, n: int, tmp: Path) -> float:
@@ -162,6 +209,7 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=0, help="0: every page")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shard-bytes", type=int, default=1_000_000)
+    ap.add_argument("--pin", action="store_true", help="N workers on N cores: each run's processes pinned to its workers' cores")
     ap.add_argument("--only-resolve", action="store_true", help="only the resolve step's memory, merged into the results file")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llmill-scale-"))
@@ -178,17 +226,24 @@ def main() -> None:
     cold = time.perf_counter()
     with DaskCluster(work / "dask1", workers=1) as one, DaskCluster(work / "dask2", workers=2) as two:
         results["cluster_start_s"] = time.perf_counter() - cold
-        engines = [("local", 1, ExecutorConfig(shard_bytes=args.shard_bytes)), ("local", 2, ExecutorConfig(shard_bytes=args.shard_bytes)),
+        engines = [("local", 1, ExecutorConfig(shard_bytes=args.shard_bytes)),
+                   ("local", 2, ExecutorConfig(shard_bytes=args.shard_bytes)),
                    ("dask", 1, ExecutorConfig(kind="dask", address=one.address, shard_bytes=args.shard_bytes)),
                    ("dask", 2, ExecutorConfig(kind="dask", address=two.address, shard_bytes=args.shard_bytes))]
         for i, (_, workers, executor) in enumerate(engines):  # warm children and workers: imports and forkservers
             data_stages(work / f"warm{i}", warc, executor, workers)
+        results["pinned"] = args.pin
         for r in range(args.rounds):
             for kind, workers, executor in (engines if r % 2 == 0 else engines[::-1]):
                 root = work / f"r{r}-{kind}{workers}"
-                seconds, docs, stages = data_stages(root, warc, executor, workers)
+                cores = set(sorted(os.sched_getaffinity(0))[:workers]) if args.pin else None
+                busy = busy_seconds()
+                with on_cores([os.getpid()], cores):  # the bench's tree: its shard processes and both clusters
+                    seconds, docs, stages = data_stages(root, warc, executor, workers)
+                cores_busy = (busy_seconds() - busy) / seconds  # the machine's, idle processes of the other engines included
                 results["runs"].append({"round": r, "engine": kind, "workers": workers, "seconds": seconds, "documents": docs,
-                                        "docs_per_s_per_core": docs / seconds / workers, "stages_s": stages})
+                                        "docs_per_s_per_core": docs / seconds / workers, "stages_s": stages,
+                                        "cores_busy": cores_busy, "docs_per_busy_core_s": docs / seconds / cores_busy})
                 print(json.dumps(results["runs"][-1]), flush=True)
                 shutil.rmtree(root, ignore_errors=True)
         results["per_shard_s"] = {"local": per_shard_cost(ExecutorConfig(), 200, work / "l"),
