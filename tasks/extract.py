@@ -11,6 +11,7 @@ the reason instead of stopping the run; a shard whose process dies is quarantine
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import threading
@@ -25,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.executor import ExecutorConfig, current_executor, map_shards
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
-from tasks.warc_ranges import RangeReader, plan_shards
+from tasks.warc_ranges import RangeReader, describe, file_split_points, open_source, plan_shards
 
 VERSION = 2
+PRELOAD = ["tasks.extract", "trafilatura", "warcio"]  # what the shard processes' forkserver imports once
 EXECUTOR_LAYOUT = ("shard_bytes",)  # the executor settings the output's part files depend on
 
 DOC_SCHEMA = pa.schema(
@@ -183,8 +185,8 @@ def extract_warc(path: str, cfg: ExtractConfig, start: int = 0, end: int | None 
             {"url": url, "warc_file": name, "warc_record_id": rid, "offset": offset, "bytes": size, "reason": reason}
         )
 
-    with open(path, "rb") as f:
-        it = ArchiveIterator(RangeReader(f, start, Path(path).stat().st_size if end is None else end))
+    with open_source(path) as f:
+        it = ArchiveIterator(SourceReader(f, start, os.path.getsize(path) if end is None else end))
         try:
             for record in it:
                 if record.format != "warc":  # warcio reads any bytes leniently, as ARC
@@ -239,6 +241,8 @@ def extract_warc(path: str, cfg: ExtractConfig, start: int = 0, end: int | None 
                         "truncated": record.rec_headers.get_header("WARC-Truncated") is not None,
                     }
                 )
+        except SourceReadError:  # the source could not be read (network, a vanished file): the shard fails and is retried
+            raise
         except Exception as e:  # a damaged file: keep what came before, quarantine the rest
             reject(url if "url" in locals() else "", "", -1, -1, f"damaged_warc: {type(e).__name__}: {e}"[:300])
     return docs, quarantine, responses
@@ -252,8 +256,52 @@ def _write_shard(docs: list[dict], quarantine: list[dict], docs_out: str, q_out:
         Path(q_out).unlink(missing_ok=True)
 
 
+class SourceReadError(RuntimeError):
+    """Reading a WARC file's bytes failed: not damage to quarantine, a failure to retry."""
+
+
+class SourceReader(RangeReader):
+    """A RangeReader whose I/O errors say which source failed and are told apart from damage
+    (which warcio and gzip report as other exceptions)."""
+
+    def __init__(self, f, start: int, end: int):
+        self.name = getattr(f, "path", getattr(f, "name", "WARC file"))
+        try:
+            super().__init__(f, start, end)
+        except Exception as e:  # noqa: BLE001
+            raise SourceReadError(f"{self.name}: {type(e).__name__}: {e}") from e
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return super().read(n)
+        except Exception as e:  # noqa: BLE001
+            raise SourceReadError(f"{self.name}: {type(e).__name__}: {e}") from e
+
+    def readline(self, limit: int = -1) -> bytes:
+        try:
+            return super().readline(limit)
+        except Exception as e:  # noqa: BLE001
+            raise SourceReadError(f"{self.name}: {type(e).__name__}: {e}") from e
+
+
+def check_source(source: dict) -> None:
+    """Refuse a source whose bytes are no longer those ingest recorded (size, ETag): the
+    dataset would not describe what is read. A vanished source fails with its URL."""
+    try:
+        now = describe(source["url"])
+    except Exception as e:  # noqa: BLE001 - unreachable or gone: named, and the shard is retried
+        raise SourceReadError(f"{source['url']}: cannot be read: {type(e).__name__}: {e}") from None
+    changed = [k for k in ("size", "etag", "modified") if source.get(k) not in ("", None) and now[k] != source[k]]
+    if changed:
+        raise SourceReadError(
+            f"{source['url']}: changed since ingest ({', '.join(f'{k} {source[k]!r} -> {now[k]!r}' for k in changed)}); "
+            "run ingest again, which makes a new raw dataset")
+
+
 def extract_shard(args) -> dict:
-    ranges, cfg, docs_out, q_out = args
+    ranges, cfg, docs_out, q_out, *sources = args
+    for source in sources[0] if sources else []:
+        check_source(source)
     docs, quarantine, responses = [], [], 0
     for r in ranges:
         d, q, n = extract_warc(r[0], cfg, r[1], r[2])
@@ -266,18 +314,26 @@ def extract_shard(args) -> dict:
 
 def quarantine_crashed_shard(args, reason: str) -> dict:
     """The shard's process died (a parser crash): its records are quarantined, the stage goes on."""
-    ranges, _, docs_out, q_out = args
+    ranges, _, docs_out, q_out, *_ = args
     rows = [{"url": "", "warc_file": Path(r[0]).name, "warc_record_id": "", "offset": r[1], "bytes": r[2] - r[1],
              "reason": f"crashed: {reason}"[:300]} for r in ranges]
     _write_shard([], rows, docs_out, q_out)
     return {"documents": 0, "quarantined": len(rows), "html_responses": 0}
 
 
-def warc_files(raw: list[str]) -> list[Path]:
+def warc_files(raw: list[str]) -> list[dict]:
+    """The raw datasets' WARC files as sources {url, size, etag}: the crawler's files inside
+    its dataset, ingest's where they lie (its sources.json)."""
+    from tasks.ingest import SOURCES, read_sources
+
     files = []
     for ds in raw:
         m = load_manifest(ds)
-        files += [Path(ds) / f.path for f in m.files if f.path.endswith((".warc", ".warc.gz"))]
+        for f in m.files:
+            if f.path.endswith((".warc", ".warc.gz")):
+                files.append({"url": str(Path(ds) / f.path), "size": f.bytes, "etag": ""})
+            elif f.path == SOURCES:
+                files += read_sources(ds)
     return files
 
 
@@ -287,13 +343,19 @@ def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress
         raise ValueError("extract: the raw datasets hold no WARC file")  # a refresh that found no change has none
     (out / "docs").mkdir(exist_ok=True)
     (out / "quarantine").mkdir(exist_ok=True)
-    shards = plan_shards(files, current_executor().shard_bytes)
+    shard_bytes = current_executor().shard_bytes
+    sized = [(f["url"], f["size"]) for f in files]
+    points, _ = map_shards(file_split_points, [(url, (url, shard_bytes, size)) for url, size in sized], out / ".plan",
+                           PRELOAD, workers=cfg.workers)
+    shards = plan_shards(sized, shard_bytes, points)
+    outside = {f["url"]: f for f in files if "modified" in f}  # ingested sources, checked before a shard reads them
     jobs = [
         (", ".join(f"{Path(r.path).name}[{r.start}:{r.end}]" for r in ranges),
-         ([tuple(r) for r in ranges], cfg, str(out / "docs" / f"part-{i:05d}.parquet"), str(out / "quarantine" / f"part-{i:05d}.parquet")))
+         ([tuple(r) for r in ranges], cfg, str(out / "docs" / f"part-{i:05d}.parquet"), str(out / "quarantine" / f"part-{i:05d}.parquet"),
+          [outside[u] for u in dict.fromkeys(r.path for r in ranges) if u in outside]))
         for i, ranges in enumerate(shards)
     ]
-    results, ran = map_shards(extract_shard, jobs, out, ["tasks.extract", "trafilatura", "warcio"], progress,
+    results, ran = map_shards(extract_shard, jobs, out, PRELOAD, progress,
                               workers=cfg.workers, on_crash=quarantine_crashed_shard)
     reasons: dict[str, int] = {}
     for qf in sorted((out / "quarantine").glob("*.parquet")):

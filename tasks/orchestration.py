@@ -1,7 +1,7 @@
 """The thin Prefect layer every stage shares: the cache policy, progress and statistics.
 
 Cache key = the task's source + the dataset's place (stage, version, config, input
-digests). A stage recomputed upstream gets a new manifest digest, so everything after it
+digests, and for ingest the state of its sources). A stage recomputed upstream gets a new manifest digest, so everything after it
 gets new keys; a cached result whose dataset is gone is refreshed by `call_stage`.
 """
 
@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from tasks.executor import ExecutorConfig, executor_scope
-from tasks.stage import StageFn, is_dataset, load_manifest, run_stage, stage_dir
+from tasks.stage import StageFn, is_dataset, load_manifest, run_stage, source_layout, stage_dir
 
 
 def artifact_key(stage: str) -> str:
@@ -45,7 +45,7 @@ def executor_layout(module: str, executor: ExecutorConfig | None) -> dict | None
 class StageCache(CachePolicy):
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters, **kwargs):
         task = task_ctx.task
-        layout = executor_layout(task.fn.__module__, inputs.get("executor"))
+        layout = source_layout(task.fn.__module__, inputs["cfg"], executor_layout(task.fn.__module__, inputs.get("executor")))
         out = stage_dir(inputs["root"], task.name, _stage_version(task), inputs["cfg"], inputs["inputs"], layout)
         source = TASK_SOURCE.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
         return hash_objects(source, task.name, str(out))
@@ -131,7 +131,7 @@ def call_stage(task, inputs: list[str], cfg: BaseModel, root: str, executor: Exe
     """Call a stage task (with the executor, where it runs shards); when its dataset is gone
     from disk, refresh the cached result."""
     sharded = "executor" in inspect.signature(task.fn).parameters
-    layout = executor_layout(task.fn.__module__, executor) if sharded else None
+    layout = source_layout(task.fn.__module__, cfg, executor_layout(task.fn.__module__, executor) if sharded else None)
     out = stage_dir(root, task.name, _stage_version(task), cfg, inputs, layout)
     if not is_dataset(out):
         task = task.with_options(refresh_cache=True)

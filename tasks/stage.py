@@ -106,6 +106,17 @@ def stage_dir(root: str | Path, stage: str, version: int, cfg: BaseModel, inputs
     return Path(root) / stage / key
 
 
+def source_layout(module: str, cfg: BaseModel, layout: dict | None) -> dict | None:
+    """`layout` plus, for a stage that reads data from outside the root (ingest: a module-level
+    SOURCE_STATE(cfg)), the state of those sources: a changed source is a new dataset."""
+    import sys
+
+    state = getattr(sys.modules.get(module), "SOURCE_STATE", None)
+    if state is None:
+        return layout
+    return {**(layout or {}), "sources": state(cfg)}
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -193,7 +204,7 @@ def run_stage(
     """
     for p in inputs:
         load_manifest(p)  # fail early and clearly on a missing input
-    out = stage_dir(root, stage, version, cfg, inputs, layout)
+    out = stage_dir(root, stage, version, cfg, inputs, source_layout(fn.__module__, cfg, layout))
     if is_dataset(out):
         return out
     partial = out.with_name(out.name + ".partial")

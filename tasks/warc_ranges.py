@@ -7,6 +7,9 @@ split point for a gzip header whose member decompresses, complete, to a `WARC/` 
 plain `.warc` file the records are walked by their Content-Length, reading headers only.
 A file that cannot be split (one gzip member for the whole file, a damaged header) stays
 whole: splitting only ever changes how work is divided, never what is read.
+
+A file is a local path or an fsspec URL (HTTP(S) with range requests, S3, ...): the scan and
+the shards read it in ranges where it lies.
 """
 
 from __future__ import annotations
@@ -91,13 +94,39 @@ def _plain_record_starts(f, size: int) -> list[int]:
     return starts
 
 
-def split_points(path: str | Path, shard_bytes: int) -> list[int]:
-    """Record offsets at which `path` is cut into pieces of about shard_bytes (0 first)."""
-    size = os.path.getsize(path)
+def open_source(path: str):
+    """A seekable binary file object for a local path or an fsspec URL (ranged reads)."""
+    if "://" not in path:
+        return open(path, "rb")
+    import fsspec
+
+    return fsspec.open(path, "rb", block_size=_SCAN, cache_type="readahead").open()
+
+
+def describe(url: str) -> dict:
+    """What identifies a source's bytes: its size and ETag (HTTP, S3) or modification time."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url}: no such WARC file") from None
+    if info.get("size") is None:
+        raise ValueError(f"{url}: the server gives no size, so the file cannot be read in ranges")
+    etag = info.get("ETag") or info.get("etag") or ""
+    modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or ""
+    return {"url": url, "size": int(info["size"]), "etag": str(etag).strip('"'), "modified": str(modified)}
+
+
+def split_points(path: str | Path, shard_bytes: int, size: int | None = None) -> list[int]:
+    """Record offsets at which `path` (of `size` bytes, looked up when not given) is cut into
+    pieces of about shard_bytes (0 first)."""
+    size = os.path.getsize(path) if size is None else size
     if size <= shard_bytes:
         return [0]
     points = [0]
-    with open(path, "rb") as f:
+    with open_source(str(path)) as f:
         if str(path).endswith(".gz"):
             target = shard_bytes
             while target < size:
@@ -117,13 +146,22 @@ def split_points(path: str | Path, shard_bytes: int) -> list[int]:
     return points
 
 
-def plan_shards(files: list[str | Path], shard_bytes: int) -> list[list[WarcRange]]:
-    """Shards of about shard_bytes each, in file order: pieces of large files, groups of small ones."""
+def file_split_points(args) -> list[int]:
+    """split_points as a job for the executor: (path or URL, shard_bytes, size)."""
+    path, shard_bytes, size = args
+    return split_points(path, shard_bytes, size)
+
+
+def plan_shards(files: list, shard_bytes: int, points: list[list[int]] | None = None) -> list[list[WarcRange]]:
+    """Shards of about shard_bytes each, in file order: pieces of large files, groups of small
+    ones. A file is a path, or (path or URL, size) where the size is known already; `points`,
+    each file's split points where they were found already (on the executor: remote files
+    are scanned where the workers are, and a failed scan is retried like any shard)."""
     pieces = []
-    for path in files:
-        size = os.path.getsize(path)
-        cuts = split_points(path, shard_bytes) + [size]
-        pieces += [WarcRange(str(path), a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    for n, file in enumerate(files):
+        path, size = (str(file), os.path.getsize(file)) if isinstance(file, (str, Path)) else (str(file[0]), int(file[1]))
+        cuts = (points[n] if points is not None else split_points(path, shard_bytes, size)) + [size]
+        pieces += [WarcRange(path, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
     shards: list[list[WarcRange]] = []
     filled = 0
     for piece in pieces:
