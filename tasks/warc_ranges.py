@@ -100,7 +100,8 @@ def open_source(path: str):
         return open(path, "rb")
     import fsspec
 
-    return fsspec.open(path, "rb", block_size=_SCAN, cache_type="readahead").open()
+    fs, inner = fsspec.core.url_to_fs(path)
+    return fs.open(inner, "rb", block_size=_SCAN, cache_type="readahead")
 
 
 def describe(url: str) -> dict:

@@ -165,3 +165,12 @@ def dask_cluster(tmp_path_factory):
 
     with DaskCluster(tmp_path_factory.mktemp("dask")) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API (moto's server mode) on 127.0.0.1 for the session."""
+    from tests.helpers import S3Server
+
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server

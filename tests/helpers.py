@@ -285,3 +285,91 @@ class DaskCluster:
             except subprocess.TimeoutExpired:
                 continue
         self.pgid = None
+
+
+def reference_duplicates(out: Path, cfg, files: list[Path]) -> bytes:
+    """The one-process pass (find_duplicates over datasketch's MinHashLSH) on the dedup stage's
+    own inputs and the index as it was before the stage (cfg: its DedupConfig), written as the
+    stage writes its table."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.dedup import DUP_SCHEMA, Signer, exact_hash, find_duplicates, read_index
+
+    tables = [pq.read_table(f) for f in sorted(files, key=str)]
+    texts = [t for tab in tables for t in tab.column("text").to_pylist()]
+    ids = [i for tab in tables for i in tab.column("id").to_pylist()]
+    signer = Signer(cfg.shingle_words, cfg.num_perm, cfg.seed)
+    sigs = np.stack([signer.signature(t) for t in texts])
+    index = out.parent.parent / "index" / f"minhash-{cfg.index_key()}"
+    idx = read_index(index, out.name, set(ids), cfg.num_perm)
+    dups = find_duplicates(ids, [exact_hash(t) for t in texts], sigs, cfg, *idx)
+    rows = [{"id": i, "url": u, "kept_id": dups[i][0], "kind": dups[i][1], "jaccard": dups[i][2]}
+            for f in files for i, u in zip(pq.read_table(f).column("id").to_pylist(), pq.read_table(f).column("url").to_pylist()) if i in dups]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, DUP_SCHEMA), buf)
+    return buf.getvalue()
+
+
+class S3Server:
+    """A real S3 API on 127.0.0.1: moto's server mode (`moto_server`), in its own process group,
+    stopped by that group. `env` points boto3, s3fs and pyarrow at it (endpoint, test keys)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.proc = None
+        self.env: dict[str, str] = {}
+
+    def __enter__(self) -> "S3Server":
+        import os
+        import socket
+        import subprocess
+        import sys
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        log = open(self.tmp / "moto.log", "ab")
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                     stdout=log, stderr=subprocess.STDOUT, process_group=0)
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.__exit__()
+                    raise RuntimeError(f"moto_server did not start: {(self.tmp / 'moto.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        self.env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "llmill-test", "AWS_SECRET_ACCESS_KEY": "llmill-test",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+        return self
+
+    def make_bucket(self, name: str) -> None:
+        import boto3  # s3fs's mkdir names us-east-1 as a location constraint, which S3 refuses
+
+        boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"], aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1").create_bucket(Bucket=name)
+
+    def filesystem(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(key=self.env["AWS_ACCESS_KEY_ID"], secret=self.env["AWS_SECRET_ACCESS_KEY"],
+                                 client_kwargs={"endpoint_url": self.env["AWS_ENDPOINT_URL"], "region_name": "us-east-1"})
+
+    def __exit__(self, *exc) -> None:
+        import os
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except Exception:  # noqa: BLE001
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()

@@ -1,13 +1,18 @@
 """ingest reads WARC files where they lie: local files, HTTP URLs read in byte ranges from a
-127.0.0.1 server, and a Common Crawl `warc.paths.gz` listing; nothing is copied into the root,
-and a source that changes or vanishes is refused by name."""
+127.0.0.1 server, objects in an S3 bucket (moto's server), and a Common Crawl `warc.paths.gz`
+listing; nothing is copied into the root, and a source that changes or vanishes is refused by
+name."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import http.server
+import json
+import os
 import re
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +28,7 @@ from tasks.stage import load_manifest, run_stage
 from tests.helpers import python_doc_site_pages, write_warc
 
 SHARD_BYTES = 30_000
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
@@ -172,3 +178,37 @@ def test_names_that_are_not_warc_files_are_refused(tmp_path):
     for bad in ("http://169.254.169.254/latest/meta-data/iam#.warc", "http://example.org/page.html?x=.warc.gz"):
         with pytest.raises(ValueError, match="not a WARC file"):
             source_urls(IngestConfig(paths=[bad]))
+
+
+# ingest and extract in a process started with the S3 server's environment (endpoint, keys), as
+# a run is: the shard processes' forkserver inherits the environment its first start saw
+IN_A_FRESH_PROCESS = """
+import json, sys
+from pathlib import Path
+from tasks.ingest import IngestConfig
+from tasks.stage import load_manifest
+from tests.integration.test_ingest_in_place import documents, ingest_and_extract
+raw, docs = ingest_and_extract(Path(sys.argv[1]), IngestConfig.model_validate_json(sys.argv[2]))
+print(json.dumps({"raw": str(raw), "docs": documents(docs), "sources": load_manifest(raw).stats["sources"]}))
+"""
+
+
+def test_s3_objects_and_a_listing_in_the_bucket_are_read_in_place(tmp_path, served, s3_server):
+    s3_server.make_bucket("llmill-cc")
+    fs = s3_server.filesystem()
+    for name in ("a.warc.gz", "b.warc.gz"):
+        fs.put_file(str(served / "crawl-data" / name), f"llmill-cc/crawl-data/{name}")
+    fs.pipe_file("llmill-cc/warc.paths.gz", gzip.compress(b"crawl-data/a.warc.gz\ncrawl-data/b.warc.gz\n"))
+    _, local_docs = ingest_and_extract(tmp_path / "local", IngestConfig(paths=[str(served / "crawl-data" / "*.warc.gz")]))
+    expected = ["s3://llmill-cc/crawl-data/a.warc.gz", "s3://llmill-cc/crawl-data/b.warc.gz"]
+    for name, cfg in (("glob", IngestConfig(paths=["s3://llmill-cc/crawl-data/*.warc.gz"])),
+                      ("listing", IngestConfig(paths=["s3://llmill-cc/warc.paths.gz"], base_url="s3://llmill-cc/"))):
+        proc = subprocess.run([sys.executable, "-c", IN_A_FRESH_PROCESS, str(tmp_path / name), cfg.model_dump_json()], cwd=ROOT,
+                              env={**os.environ, **s3_server.env}, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert got["sources"] == expected, name
+        assert [tuple(d) for d in got["docs"]] == documents(local_docs), name
+        assert not list((tmp_path / name).rglob("*.warc*"))  # nothing copied
+        recorded = json.loads((Path(got["raw"]) / "sources.json").read_text())
+        assert all(r["etag"] and r["size"] == (served / "crawl-data" / Path(r["url"]).name).stat().st_size for r in recorded)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -122,3 +121,45 @@ def test_the_data_flow_on_dask_writes_what_it_writes_on_the_local_pool(tmp_path,
         # statistics equal, apart from times and the index's place (a path under each root)
         assert {k: v for k, v in stats_of(dask).items() if k != "index"} == {k: v for k, v in stats_of(local).items() if k != "index"}
     assert load_manifest(results["dask"]["docs"]).stats["shards"] >= 6  # SHARD_BYTES cuts the one WARC file
+
+
+@pytest.fixture(scope="module")
+def demo_site_warc(tmp_path_factory) -> Path:
+    """Pages of the demo's own site (builtin:pydoc), fetched from it: the pages of the
+    encodings.* codec modules are near copies of one another, as in the demo corpus, among
+    distinct modules' pages."""
+    import urllib.request
+
+    from tasks.pydoc_site import serve_pydoc
+    from tests.helpers import write_warc
+
+    names = ([f"encodings.cp125{i}" for i in range(9)] + [f"encodings.iso8859_{i}" for i in range(1, 11)]
+             + ["json", "csv", "heapq", "bisect", "textwrap", "string", "fnmatch", "glob", "shlex", "difflib"])
+    with serve_pydoc() as base:
+        pages = [(base + n + ".html", urllib.request.urlopen(base + n + ".html").read(), "text/html; charset=utf-8") for n in names]
+    return write_warc(tmp_path_factory.mktemp("demo-site") / "pydoc.warc.gz", pages)
+
+
+@pytest.mark.dask_cluster
+def test_distributed_dedup_equals_the_one_process_pass_on_demo_pages_on_both_engines(tmp_path, dask_cluster, demo_site_warc):
+    from flows.config import load_config
+    from tasks.clean import VERSION as CLEAN_VERSION
+    from tasks.clean import clean, doc_files
+    from tasks.dedup import VERSION as DEDUP_VERSION
+    from tasks.dedup import DedupConfig, dedup
+    from tests.helpers import reference_duplicates
+
+    clean_cfg, cfg = load_config().clean, DedupConfig()
+    written = {}
+    for kind in ("local", "dask"):
+        executor = ExecutorConfig(kind=kind, address=dask_cluster.address if kind == "dask" else "", shard_bytes=SHARD_BYTES)
+        root = tmp_path / kind
+        docs = extract_on(executor, root, raw_dataset(root, demo_site_warc))
+        with executor_scope(executor):
+            cleaned = run_stage("clean", CLEAN_VERSION, clean, [str(docs)], clean_cfg, root, sharded=True)
+            out = run_stage("dedup", DEDUP_VERSION, dedup, [str(cleaned)], cfg, root, sharded=True)
+        assert (out / "duplicates.parquet").read_bytes() == reference_duplicates(out, cfg, doc_files(str(cleaned))), kind
+        stats = load_manifest(out).stats
+        assert stats["near_duplicates"] >= 15 and stats["shards"] >= 2, stats  # the codec pages' clusters, over several parts
+        written[kind] = files_of(out)
+    assert written["dask"] == written["local"]

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from tasks.dedup import DedupConfig, Signer, dedup, exact_hash
 from tasks.stage import load_manifest, run_stage
-from tests.helpers import PYDOCS
+from tests.helpers import PYDOCS, reference_duplicates
 
 SOURCES = PYDOCS / "_sources" / "library"
 
@@ -169,28 +169,6 @@ def test_index_segments_are_ordered_by_sequence_not_file_time(tmp_path):
     assert dict(zip(*read_index(copy, "", set(), 112)[:2]))["x"] == "hash-x-new"
     (copy / "batch-c.parquet").write_bytes((copy / "batch-b.parquet").read_bytes())  # a file no manifest entry names
     assert [s["name"] for s in index_segments(copy)] == ["batch-a", "batch-b"]
-
-
-def reference_duplicates(out: Path, cfg: DedupConfig, files: list[Path]) -> bytes:
-    """The one-process pass (find_duplicates over datasketch's MinHashLSH) on the stage's own
-    inputs and the index as it was before the stage, written as the stage writes its table."""
-    import io
-
-    from tasks.dedup import DUP_SCHEMA, find_duplicates, read_index
-
-    tables = [pq.read_table(f) for f in sorted(files, key=str)]
-    texts = [t for tab in tables for t in tab.column("text").to_pylist()]
-    ids = [i for tab in tables for i in tab.column("id").to_pylist()]
-    signer = Signer(cfg.shingle_words, cfg.num_perm, cfg.seed)
-    sigs = np.stack([signer.signature(t) for t in texts])
-    index = out.parent.parent / "index" / f"minhash-{cfg.index_key()}"
-    idx = read_index(index, out.name, set(ids), cfg.num_perm)
-    dups = find_duplicates(ids, [exact_hash(t) for t in texts], sigs, cfg, *idx)
-    rows = [{"id": i, "url": u, "kept_id": dups[i][0], "kind": dups[i][1], "jaccard": dups[i][2]}
-            for f in files for i, u in zip(pq.read_table(f).column("id").to_pylist(), pq.read_table(f).column("url").to_pylist()) if i in dups]
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, DUP_SCHEMA), buf)
-    return buf.getvalue()
 
 
 def test_the_distributed_pass_equals_the_one_process_pass_bit_for_bit(tmp_path):
