@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, digest_of, no_progress, write_atomic
+from tasks.urls import private_address_reason
 from tasks.warc_ranges import describe
 
 VERSION = 2
@@ -43,6 +44,8 @@ class IngestConfig(BaseModel):
     base_url: str = Field(COMMON_CRAWL_HTTPS, description="prefix of a listing's relative entries (Common Crawl: its HTTPS host or s3://commoncrawl/)")
     limit: int = Field(0, ge=0, description="read at most this many WARC files (0: all)")
     sample_seed: int | None = Field(None, description="with limit: a reproducible random subset instead of the first files")
+    allow_private_addresses: bool = Field(
+        False, description="read http(s) sources on private, loopback and link-local addresses (cloud metadata among them)")
 
 
 def is_listing(path: str) -> bool:
@@ -63,10 +66,22 @@ def listing_entries(path: str, base_url: str) -> list[str]:
     return [line if "://" in line else base_url.rstrip("/") + "/" + line.lstrip("/") for line in lines if line]
 
 
+def check_address(url: str, cfg: IngestConfig) -> None:
+    """http(s) sources go through the crawler's address rule: no private, loopback or
+    link-local address (cloud metadata) unless the config allows it."""
+    if url.lower().startswith(("http://", "https://")) and not cfg.allow_private_addresses:
+        reason = private_address_reason(url)
+        if reason and not reason.startswith("dns_error"):  # a name that does not resolve fails where it is read, by URL
+            raise ValueError(f"{url}: refused ({reason}); set ingest.allow_private_addresses to read it")
+
+
 def source_urls(cfg: IngestConfig) -> list[str]:
     """Every WARC file the config names, in order: local files as absolute paths, others as URLs."""
     urls: list[str] = []
     for p in cfg.paths:
+        if not is_listing(p) and not any(c in p for c in "*?[") and not is_warc_name(p):
+            raise ValueError(f"{p}: not a WARC file (expected .warc or .warc.gz)")
+        check_address(p, cfg)
         if is_listing(p):
             urls += listing_entries(p, cfg.base_url)
             continue
@@ -75,6 +90,8 @@ def source_urls(cfg: IngestConfig) -> list[str]:
     bad = [u for u in urls if not is_warc_name(u)]
     if bad:
         raise ValueError(f"{bad[0]}: not a WARC file (expected .warc or .warc.gz)")
+    for host in dict.fromkeys(u.split("/", 3)[2] for u in urls if u.lower().startswith(("http://", "https://"))):
+        check_address(next(u for u in urls if u.split("/", 3)[2] == host), cfg)  # once per host: a listing names thousands
     if not urls:
         raise FileNotFoundError(f"ingest.paths matched no file: {cfg.paths}")
     if cfg.limit and len(urls) > cfg.limit:

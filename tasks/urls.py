@@ -87,3 +87,16 @@ async def refuse_private(url: str) -> str | None:
     if private:
         return f"private_address: {p.hostname} resolves to {', '.join(private)}"
     return None
+
+
+def private_address_reason(url: str) -> str | None:
+    """refuse_private for callers outside an event loop (ingest's sources): the same rule."""
+    p = urlsplit(url)
+    try:
+        infos = socket.getaddrinfo(p.hostname or "", p.port or (443 if p.scheme == "https" else 80), type=socket.SOCK_STREAM)
+    except OSError as e:
+        return f"dns_error: {e}"
+    private = sorted({info[4][0] for info in infos if not is_public_address(info[4][0])})
+    if private:
+        return f"private_address: {p.hostname} resolves to {', '.join(private)}"
+    return None

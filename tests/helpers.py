@@ -1,11 +1,14 @@
-"""Test helpers: WARC files from bytes, a scriptable HTTP server on 127.0.0.1."""
+"""Test helpers: WARC files from bytes, HTTP servers on 127.0.0.1 (scriptable, byte ranges), Dask and S3 servers."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
@@ -373,3 +376,54 @@ class S3Server:
             except Exception:  # noqa: BLE001
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    """Static files with ETag and single byte-range requests, as object stores and CDNs serve
+    them; every request is logged with the bytes it sent."""
+
+    def do_HEAD(self):
+        self._serve(body=False)
+
+    def do_GET(self):
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        path = self.server.docs / self.path.lstrip("/").split("?", 1)[0]
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start, end = 0, len(data)
+        wanted = self.headers.get("Range")
+        if wanted:
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted)
+            start, end = int(m[1]), min(len(data), int(m[2]) + 1 if m[2] else len(data))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(end - start))
+        self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if body:
+            self.wfile.write(data[start:end])
+        self.server.log.append((self.command, self.path, wanted, end - start if body else 0))
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def range_server(docs: Path):
+    """RangeHandler serving `docs` on 127.0.0.1: yields (base URL, request log)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    server.docs, server.log = docs, []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", server.log
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -6,15 +6,10 @@ name."""
 from __future__ import annotations
 
 import gzip
-import hashlib
-import http.server
 import json
 import os
-import re
 import subprocess
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,60 +20,10 @@ from tasks.extract import VERSION, ExtractConfig, extract
 from tasks.ingest import VERSION as INGEST_VERSION
 from tasks.ingest import IngestConfig, ingest, source_urls
 from tasks.stage import load_manifest, run_stage
-from tests.helpers import python_doc_site_pages, write_warc
+from tests.helpers import python_doc_site_pages, range_server, write_warc
 
 SHARD_BYTES = 30_000
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Static files with ETag and single byte-range requests, as object stores and CDNs serve
-    them; every request is logged with the bytes it sent."""
-
-    def do_HEAD(self):
-        self._serve(body=False)
-
-    def do_GET(self):
-        self._serve(body=True)
-
-    def _serve(self, body: bool) -> None:
-        path = self.server.docs / self.path.lstrip("/").split("?", 1)[0]
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start, end = 0, len(data)
-        wanted = self.headers.get("Range")
-        if wanted:
-            m = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted)
-            start, end = int(m[1]), min(len(data), int(m[2]) + 1 if m[2] else len(data))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(end - start))
-        self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        if body:
-            self.wfile.write(data[start:end])
-        self.server.log.append((self.command, self.path, wanted, end - start if body else 0))
-
-    def log_message(self, *args):
-        pass
-
-
-@contextmanager
-def range_server(docs: Path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    server.docs, server.log = docs, []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", server.log
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def ingest_and_extract(root: Path, cfg: IngestConfig) -> tuple[Path, Path]:
@@ -114,7 +59,7 @@ def test_local_and_http_sources_are_read_in_place_with_the_same_documents(tmp_pa
 
     with range_server(served) as (base, log):
         urls = [f"{base}/crawl-data/a.warc.gz", f"{base}/crawl-data/b.warc.gz"]
-        http_raw, http_docs = ingest_and_extract(tmp_path / "http", IngestConfig(paths=urls))
+        http_raw, http_docs = ingest_and_extract(tmp_path / "http", IngestConfig(paths=urls, allow_private_addresses=True))
     sources = load_manifest(http_raw).stats["sources"]
     assert sources == urls
     assert documents(http_docs) == documents(local_docs) and len(documents(local_docs)) > 10
@@ -130,7 +75,7 @@ def test_a_changed_source_is_a_new_dataset_and_an_old_one_refuses_it_by_url(tmp_
     pages = python_doc_site_pages(3)
     write_warc(docs / "c.warc.gz", pages)
     with range_server(docs) as (base, _):
-        cfg = IngestConfig(paths=[f"{base}/c.warc.gz"])
+        cfg = IngestConfig(paths=[f"{base}/c.warc.gz"], allow_private_addresses=True)
         raw = run_stage("ingest", INGEST_VERSION, ingest, [], cfg, tmp_path / "root")
         assert run_stage("ingest", INGEST_VERSION, ingest, [], cfg, tmp_path / "root") == raw  # unchanged: the same dataset
 
@@ -169,15 +114,25 @@ def test_a_common_crawl_listing_gives_a_reproducible_subset(tmp_path, served):
     # the listing itself served over HTTP, its entries relative to a base on the same server
     (served / "warc.paths.gz").write_bytes(gzip.compress(b"crawl-data/a.warc.gz\ncrawl-data/b.warc.gz\n"))
     with range_server(served) as (host, _):
-        raw, docs = ingest_and_extract(tmp_path / "root", IngestConfig(paths=[f"{host}/warc.paths.gz"], base_url=host + "/", limit=1))
+        raw, docs = ingest_and_extract(tmp_path / "root", IngestConfig(paths=[f"{host}/warc.paths.gz"], base_url=host + "/", limit=1,
+                                                                                allow_private_addresses=True))
         assert load_manifest(raw).stats["sources"] == [f"{host}/crawl-data/a.warc.gz"]
         assert {d[3] for d in documents(docs)} == {"a.warc.gz"}
 
 
-def test_names_that_are_not_warc_files_are_refused(tmp_path):
+def test_names_that_are_not_warc_files_and_private_addresses_are_refused(tmp_path, served):
     for bad in ("http://169.254.169.254/latest/meta-data/iam#.warc", "http://example.org/page.html?x=.warc.gz"):
         with pytest.raises(ValueError, match="not a WARC file"):
-            source_urls(IngestConfig(paths=[bad]))
+            source_urls(IngestConfig(paths=[bad], allow_private_addresses=True))
+    for private in ("http://169.254.169.254/latest/x.warc.gz", "http://127.0.0.1:9/a.warc.gz", "http://[::1]:9/a.warc.gz"):
+        with pytest.raises(ValueError, match="private_address"):
+            source_urls(IngestConfig(paths=[private]))
+    listing = tmp_path / "warc.paths"  # a listing's entries are checked too, once per host
+    listing.write_text("crawl-data/a.warc.gz\n")
+    with pytest.raises(ValueError, match="private_address"):
+        source_urls(IngestConfig(paths=[str(listing)], base_url="http://10.0.0.7/"))
+    assert source_urls(IngestConfig(paths=[str(listing)], base_url="http://10.0.0.7/", allow_private_addresses=True)) == [
+        "http://10.0.0.7/crawl-data/a.warc.gz"]
 
 
 # ingest and extract in a process started with the S3 server's environment (endpoint, keys), as
