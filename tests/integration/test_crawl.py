@@ -66,7 +66,10 @@ def test_robots_disallow_and_crawl_delay(tmp_path):
     assert outcomes(tmp_path)[site.url + "/private/secret"]["reason"] == "robots_disallowed"
     starts = [t for t, _, path in site.log if path != "/robots.txt"]
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert len(gaps) == 3 and min(gaps) >= 0.29, gaps
+    # The server sees arrivals, not sends: each arrival may lag its send by a few ms under load,
+    # so one gap may look short by that lag; the span of all three only by the first one's.
+    assert len(gaps) == 3 and min(gaps) >= 0.25, gaps
+    assert starts[-1] - starts[0] >= 3 * 0.3 - 0.03, gaps
 
 
 def test_retries_on_503_and_honours_retry_after(tmp_path):
