@@ -159,7 +159,10 @@ def serve(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
 
     from flows.deployments import deployments, ensure_accelerator_limit
 
+    from flows.results_storage import describe_results_storage
+
     ensure_accelerator_limit()
+    console.print(describe_results_storage(), soft_wrap=True)
     serve_deployments(*deployments(cfg))
 
 
@@ -173,12 +176,36 @@ def deploy(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt,
 
     from prefect.runner.storage import LocalStorage
 
+    from flows.results_storage import describe_results_storage
+
     ensure_accelerator_limit()
+    console.print(describe_results_storage(), soft_wrap=True)
     project = Path(__file__).resolve().parents[1]
     for d in deployments(cfg):
         d.storage = LocalStorage(str(project))  # the worker runs the flows from this checkout (the image's /app)
         d.apply(work_pool_name=pool)
         console.print(f"deployed {d.flow_name}/{d.name} on work pool {pool}")
+
+
+@app.command("results-storage")
+def results_storage(url: Optional[str] = typer.Argument(None, help="save a remote storage block at this fsspec URL (s3://bucket/prefix)"),
+                    name: str = typer.Option("llmill-results", help="the block's name"),
+                    overwrite: bool = typer.Option(False, help="replace a block of that name")):
+    """Say where the task cache's results are kept; with URL, save a remote storage block there
+    (on the Prefect server) and print the setting that makes every worker use it."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.results_storage import SETTING, describe_results_storage, save_results_block
+
+    if url is None:
+        console.print(describe_results_storage(), soft_wrap=True)
+        return
+    _require_server()
+    try:
+        slug = save_results_block(url, name, overwrite)
+    except ValueError as e:
+        error(str(e))
+        raise typer.Exit(2) from None
+    console.print(f"saved; set this in every worker's environment (and the server's deployments' workers):\n{SETTING}={slug}", soft_wrap=True)
 
 
 @app.command("show-config")

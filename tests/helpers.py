@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -427,3 +433,82 @@ def range_server(docs: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# A `prefect server start` as docker-compose runs it, natively on 127.0.0.1.
+
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_from_compose(tmp: Path, port: int, database_url: str | None) -> tuple[list[str], dict]:
+    """The prefect-server service's command and environment, read from docker-compose.yml,
+    bound to 127.0.0.1:port here; `database_url` None keeps Prefect's SQLite default."""
+    svc = compose_config(tmp)["services"]["prefect-server"]
+    cmd = [PREFECT if c == "prefect" else "127.0.0.1" if c == "0.0.0.0" else str(port) if c == "4200" else c for c in svc["command"]]
+    env = dict(svc["environment"])
+    env.update(PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port), PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
+    if database_url is None:
+        env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL")
+    else:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    return cmd, env
+
+
+@contextmanager
+def prefect_server(home: Path, database_url: str | None = None, sqlite_template: Path | None = None):
+    """`prefect server start` as docker-compose runs it, on 127.0.0.1 and a free port, on
+    PostgreSQL at `database_url` or else on SQLite (a copy of `sqlite_template` when given).
+    Yields (client environment with the server's URL and credentials, API URL)."""
+    import httpx
+
+    if database_url is None and sqlite_template is not None:
+        shutil.copyfile(sqlite_template, home / "prefect.db")
+    port = free_port()
+    cmd, server_env = server_from_compose(home, port, database_url)
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), **server_env}
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER")}
+    client_env.update(PREFECT_HOME=str(home / "client"), PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=server_env["PREFECT_SERVER_API_AUTH_STRING"],
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield client_env, api
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def all_task_states(flow_run_id) -> dict[str, str]:
+    """Every task run of a flow run and of its subflow runs, by task name."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId, TaskRunFilter, TaskRunFilterSubFlowRuns
+
+    with get_client(sync_client=True) as client:
+        ids, frontier = [flow_run_id], [flow_run_id]
+        while frontier:
+            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+            frontier = [c.id for c in children]
+            ids += frontier
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                                     task_run_filter=TaskRunFilter(subflow_runs=TaskRunFilterSubFlowRuns(exists_=False)))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}

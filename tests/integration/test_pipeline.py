@@ -11,6 +11,7 @@ import pytest
 
 from flows.config import LlmillConfig
 from flows.pipeline import pipeline_flow
+from tests.helpers import all_task_states
 
 EVAL_KEYS = {
     "language_model": {"val_loss", "val_ppl", "val_bpb", "val_tokens", "val_bytes", "baselines", "generations"},
@@ -18,22 +19,6 @@ EVAL_KEYS = {
     "bias_probe": {"templates_file", "method", "categories", "max_spread"},
     "lm_eval": {"task", "items", "choices", "chance", "acc", "acc_norm", "command"},
 }
-
-
-def all_task_states(flow_run_id) -> dict[str, str]:
-    """Every task run of a flow run and of its subflow runs, by task name."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId, TaskRunFilter, TaskRunFilterSubFlowRuns
-
-    with get_client(sync_client=True) as client:
-        ids, frontier = [flow_run_id], [flow_run_id]
-        while frontier:
-            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
-            frontier = [c.id for c in children]
-            ids += frontier
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                                     task_run_filter=TaskRunFilter(subflow_runs=TaskRunFilterSubFlowRuns(exists_=False)))
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
 @pytest.mark.prefect_server

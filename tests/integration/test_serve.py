@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,31 +19,10 @@ import pytest
 import yaml
 
 from tasks.stage import load_manifest
-from tests.helpers import compose_config
+from tests.helpers import compose_config, free_port, prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).parent / "prefect")
 FLOWS = {"data", "data-refresh", "pretrain", "finetune", "evaluate", "pipeline"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_from_compose(tmp: Path, port: int, database_url: str | None) -> tuple[list[str], dict]:
-    """The prefect-server service's command and environment, read from docker-compose.yml,
-    bound to 127.0.0.1:port here; `database_url` None keeps Prefect's SQLite default."""
-    svc = compose_config(tmp)["services"]["prefect-server"]
-    cmd = [PREFECT if c == "prefect" else "127.0.0.1" if c == "0.0.0.0" else str(port) if c == "4200" else c for c in svc["command"]]
-    env = dict(svc["environment"])
-    env.update(PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port), PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
-    if database_url is None:
-        env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL")
-    else:
-        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
-    return cmd, env
 
 
 @contextmanager
@@ -96,54 +73,6 @@ def worker_env_from_compose(tmp: Path, api: str, config: Path) -> dict:
     env = dict(compose_config(tmp)["services"]["worker"]["environment"])
     env.update(PREFECT_API_URL=api, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp / "results"), LLMILL_CONFIG=str(config))
     return env
-
-
-@pytest.fixture(scope="module")
-def migrated_sqlite(tmp_path_factory) -> Path:
-    """A SQLite database with Prefect's schema, migrated once: each test still starts its own
-    server on a fresh copy, without the 15-20 s of migrations a new database costs."""
-    home = tmp_path_factory.mktemp("prefect-db-template")
-    env = {**os.environ, "PREFECT_HOME": str(home)}
-    env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
-    done = subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and (home / "prefect.db").is_file(), done.stdout[-2000:] + done.stderr[-2000:]
-    return home / "prefect.db"
-
-
-@contextmanager
-def prefect_server(home: Path, database_url: str | None = None, sqlite_template: Path | None = None):
-    """`prefect server start` as docker-compose runs it, on 127.0.0.1 and a free port, on
-    PostgreSQL at `database_url` or else on SQLite (a copy of `sqlite_template` when given).
-    Yields (client environment with the server's URL and credentials, API URL)."""
-    if database_url is None and sqlite_template is not None:
-        shutil.copyfile(sqlite_template, home / "prefect.db")
-    port = free_port()
-    cmd, server_env = server_from_compose(home, port, database_url)
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), **server_env}
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    client_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER")}
-    client_env.update(PREFECT_HOME=str(home / "client"), PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=server_env["PREFECT_SERVER_API_AUTH_STRING"],
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
-        yield client_env, api
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -275,6 +204,7 @@ def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database, tin
                 return found if {d["name"] for d in found} >= FLOWS else None
 
             found = {d["name"]: d for d in wait_for(deployments, 120, "the served deployments")}
+            assert "results storage: local" in serve_log.read_text()  # it says where the task cache lives
             pipeline = found["pipeline"]
             # the UI's run form: the typed config, its sections as fields, the file's values as defaults
             schema = pipeline["parameter_openapi_schema"]
@@ -372,6 +302,7 @@ def test_worker_script_registers_and_runs_deployments(tmp_path, tiny_pipeline, m
 
             found = {d["name"]: d for d in wait_for(deployments, 180, "the deployments the worker registers")}
             assert {d["work_pool_name"] for d in found.values()} == {worker_env["LLMILL_WORK_POOL"]}
+            assert f"results storage: local {tmp_path / 'results'}" in " ".join(worker_log.read_text().split())
             executor = found["data"]["parameters"]["config"]["executor"]
             assert (executor["kind"], executor["address"]) == ("dask", dask_address)  # worker.sh set it from the compose env
             run_to_completion(http, api, found["data"]["id"], worker_log, 300)
