@@ -208,6 +208,23 @@ def results_storage(url: Optional[str] = typer.Argument(None, help="save a remot
     console.print(f"saved; set this in every worker's environment (and the server's deployments' workers):\n{SETTING}={slug}", soft_wrap=True)
 
 
+@app.command()
+def gc(root: Optional[str] = typer.Argument(None, help="a data root: a path or s3://bucket/prefix (default: the config's root)"),
+       config: Optional[Path] = typer.Option(None, help="YAML config whose root to clean"),
+       delete: bool = typer.Option(False, "--delete", help="remove what is listed")):
+    """List what no dataset references under a root: a killed or losing writer's attempt prefixes on an
+    object store; partial directories and stale locks of runs not running now on a local disk."""
+    from tasks.gc import delete as delete_paths
+    from tasks.gc import garbage
+
+    found = garbage(root or _load(config, []).root)
+    for path in found:
+        console.print(path, soft_wrap=True)
+    if delete:
+        delete_paths(found)
+    console.print(f"{len(found)} {'removed' if delete else 'unreferenced (pass --delete to remove)'}")
+
+
 @app.command("show-config")
 def show_config(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """Print the validated config tree, defaults filled in."""

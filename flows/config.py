@@ -52,7 +52,7 @@ class LlmillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "demo"
-    root: str = Field("data", description="where every dataset is written (a path)")
+    root: str = Field("data", description="where every dataset is written: a local path, or an fsspec URL (s3://bucket/prefix; credentials from the environment)")
     executor: ExecutorConfig = ExecutorConfig()
     crawl: CrawlConfig = CrawlConfig()
     ingest: IngestConfig = IngestConfig()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -15,11 +14,12 @@ from tasks.extract import extract_task
 from tasks.ingest import ingest_task
 from tasks.orchestration import call_stage
 from tasks.stage import load_manifest
+from tasks.store import resolve_root
 
 
 @flow(name="data", log_prints=True)
 def data_flow(config: LlmillConfig) -> dict:
-    root = str(Path(config.root).resolve())
+    root = resolve_root(config.root)
     raw = []
     if config.crawl.seeds:
         raw.append(call_stage(crawl_task, [], config.crawl, root))

@@ -4,7 +4,6 @@ eval.json, report.md, model and data cards, plots, and the same as Prefect artif
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from prefect import flow
 
@@ -12,6 +11,7 @@ from flows.config import LlmillConfig
 from tasks.evaluate import evaluate_task
 from tasks.orchestration import call_stage
 from tasks.reports import headline_rows
+from tasks.store import join, local_copy, resolve_root
 
 
 @flow(name="evaluate", log_prints=True)
@@ -28,7 +28,7 @@ def evaluate_flow(config: LlmillConfig, datasets: list[str] | None = None) -> st
         pre = pretrain_flow(config, data["dedup"])
         fine = finetune_flow(config, data["dedup"], pre["tokenizer"], pre["run"]) if config.finetune.enabled else None
         datasets = evaluation_inputs(data, pre, fine)
-    return call_stage(evaluate_task, sorted(set(datasets)), config.evaluate, str(Path(config.root).resolve()))
+    return call_stage(evaluate_task, sorted(set(datasets)), config.evaluate, resolve_root(config.root))
 
 
 def evaluation_inputs(data: dict, pre: dict, fine: dict | None) -> list[str]:
@@ -38,5 +38,5 @@ def evaluation_inputs(data: dict, pre: dict, fine: dict | None) -> list[str]:
 
 
 def summary_rows(report_dir: str) -> list[tuple[str, str]]:
-    result = json.loads((Path(report_dir) / "eval.json").read_text())
-    return [*headline_rows(result), ("report", str(Path(report_dir) / "report.md"))]
+    result = json.loads((local_copy(report_dir) / "eval.json").read_text())
+    return [*headline_rows(result), ("report", str(join(report_dir, "report.md")))]

@@ -12,6 +12,7 @@ from tasks.examples import examples_task
 from tasks.finetune import finetune_task
 from tasks.orchestration import call_stage
 from tasks.stage import file_sha256, load_manifest
+from tasks.store import local_copy, resolve_root
 
 
 @flow(name="finetune", log_prints=True)
@@ -26,9 +27,9 @@ def finetune_flow(config: LlmillConfig, documents: str = "", tokenizer: str = ""
         documents = data_flow(config)["dedup"]
         pre = pretrain_flow(config, documents)
         tokenizer, pretrain_run = pre["tokenizer"], pre["run"]
-    root = str(Path(config.root).resolve())
+    root = resolve_root(config.root)
     ft = config.finetune
-    context = ModelConfig.model_validate_json((Path(pretrain_run) / "final" / "model_config.json").read_text()).max_seq_len
+    context = ModelConfig.model_validate_json((local_copy(pretrain_run) / "final" / "model_config.json").read_text()).max_seq_len
     ex_cfg = ft.examples.model_copy(update={"max_tokens": ft.examples.max_tokens or context,
                                             "data_digest": file_sha256(Path(ft.examples.path)) if ft.examples.path and Path(ft.examples.path).is_file() else ""})
     examples = call_stage(examples_task, [documents, tokenizer], ex_cfg, root)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import flow
 
@@ -10,6 +9,7 @@ from flows.config import LlmillConfig
 from tasks.orchestration import call_stage
 from tasks.stage import load_manifest
 from tasks.pretrain import pretrain_task
+from tasks.store import join, resolve_root
 from tasks.tokenize import tokenize_task
 from tasks.train_tokenizer import train_tokenizer_task
 
@@ -22,7 +22,7 @@ def pretrain_flow(config: LlmillConfig, documents: str = "") -> dict:
         from flows.data import data_flow
 
         documents = data_flow(config)["dedup"]
-    root = str(Path(config.root).resolve())
+    root = resolve_root(config.root)
     tokenizer = call_stage(train_tokenizer_task, [documents], config.tokenizer, root)
     shards = call_stage(tokenize_task, [documents, tokenizer], config.tokenize, root)
     run = call_stage(pretrain_task, [shards, tokenizer], config.pretrain, root)
@@ -46,5 +46,5 @@ def summary_rows(result: dict) -> list[tuple[str, str]]:
             rows.append((label, f"{run[key]:.4f}"))
     if "val_loss" not in run:
         rows.append(("validation", "none: the val split holds less than one window (raise tokenize.val_fraction)"))
-    rows += [("training seconds", f"{run['seconds']:.0f}"), ("run", result["run"]), ("Hugging Face model", str(Path(result["run"]) / "hf"))]
+    rows += [("training seconds", f"{run['seconds']:.0f}"), ("run", result["run"]), ("Hugging Face model", str(join(result["run"], "hf")))]
     return rows

@@ -26,6 +26,7 @@ from tasks.pretrain import VERSION as PRETRAIN_VERSION
 from tasks.pretrain import pretrain_task
 from tasks.recrawl import RecrawlConfig, recrawl_task
 from tasks.stage import is_dataset, load_manifest, stage_dir, write_atomic
+from tasks.store import is_url, resolve_root
 from tasks.tokenize import tokenize_task
 from tasks.train_tokenizer import train_tokenizer_task
 
@@ -68,7 +69,9 @@ def data_refresh_flow(config: LlmillConfig, at: str = "") -> dict:
     from flows.data import data_flow
 
     at = at or refresh_time()
-    root = str(Path(config.root).resolve())
+    root = resolve_root(config.root)
+    if is_url(root):  # its list of versions is a local file beside the datasets
+        raise ValueError(f"data-refresh needs a local root for now, not {root}")
     base = data_flow(config)
     crawled = next(r for r in base["raw"] if load_manifest(r).stage == "crawl")
     tokenizer = call_stage(train_tokenizer_task, [base["dedup"]], config.tokenizer, root)

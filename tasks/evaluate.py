@@ -27,6 +27,7 @@ from model.config import ModelConfig
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.scores import bits_per_byte, classification_scores, unigram_bpb, xz_baselines
 from tasks.stage import Progress, load_manifest, no_progress, write_atomic
+from tasks.store import local_copy
 from tasks.train_tokenizer import BOS, EOS, MODEL_FILE
 
 if TYPE_CHECKING:  # torch loads only when a model is evaluated: the config tree imports this module
@@ -321,5 +322,5 @@ def evaluate_task(inputs: list[str], cfg: EvaluateConfig, root: str) -> str:
     from tasks.reports import publish_reports
 
     out = prefect_stage("evaluate", VERSION, evaluate, inputs, cfg, root)
-    publish_reports(Path(out))
+    publish_reports(local_copy(out))
     return out

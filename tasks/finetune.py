@@ -20,6 +20,7 @@ from tasks.examples import ExamplesConfig
 from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
 from tasks.pretrain import loss_plot_markdown, plot_losses, training_events
 from tasks.stage import Progress, load_manifest, no_progress
+from tasks.store import local_copy
 from tasks.train_tokenizer import MODEL_FILE
 
 VERSION = 1
@@ -91,6 +92,6 @@ def finetune_task(inputs: list[str], cfg: FinetuneConfig, root: str) -> str:
 
     with accelerator_slot():
         out = prefect_stage("finetune", VERSION, finetune, inputs, cfg, root, resumable=True)
-    create_markdown_artifact(loss_plot_markdown(Path(out)).replace("Pretraining", "Fine-tuning"), key="finetune-loss-curve",
+    create_markdown_artifact(loss_plot_markdown(local_copy(out)).replace("Pretraining", "Fine-tuning"), key="finetune-loss-curve",
                              description="fine-tuning loss")
     return out

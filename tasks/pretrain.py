@@ -19,6 +19,7 @@ from model.config import TrainConfig
 from model.config import ModelConfig
 from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
+from tasks.store import local_copy
 from tasks.train_tokenizer import MODEL_FILE
 
 VERSION = 1
@@ -124,5 +125,5 @@ def pretrain_task(inputs: list[str], cfg: PretrainConfig, root: str) -> str:
 
     with accelerator_slot():
         out = prefect_stage("pretrain", VERSION, pretrain, inputs, cfg, root, resumable=True)
-    create_markdown_artifact(loss_plot_markdown(Path(out)), key="pretrain-loss-curve", description="training and validation loss")
+    create_markdown_artifact(loss_plot_markdown(local_copy(out)), key="pretrain-loss-curve", description="training and validation loss")
     return out

@@ -1,8 +1,10 @@
 """The dataset contract shared by every stage (see DESIGN.md).
 
-A dataset is a directory holding data files and, written last, `manifest.json`. A stage
-writes into `<name>.partial/` beside its final place and renames it into place when done,
-so a directory without a manifest never counts as a dataset.
+A dataset is a place holding data files and, written last, `manifest.json`. On a local disk a
+stage writes into `<name>.partial/` beside its final place and renames it into place when done;
+on an object store it uploads the files under an attempt prefix and creates the manifest
+create-only (tasks/store.py says why no lock and no rename). Either way a place without a
+manifest never counts as a dataset.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ class Manifest(BaseModel):
     stats: dict[str, Any]
     created_at: float
     run_id: str
+    prefix: str = ""  # where the files are under the place: "" locally, the attempt prefix on an object store
 
     @property
     def digest(self) -> str:
-        return digest_of(self.model_dump(mode="json"))
+        # what the dataset is, not where its bytes lie: a local copy of a remote dataset has the same digest
+        return digest_of(self.model_dump(mode="json", exclude={"prefix"}))
 
 
 def digest_of(obj: Any) -> str:
@@ -51,13 +55,20 @@ def digest_of(obj: Any) -> str:
 
 def load_manifest(path: str | Path) -> Manifest:
     """The manifest of the dataset at `path`; a clear error when it is not a dataset."""
-    file = Path(path) / MANIFEST
-    if not file.is_file():
-        raise FileNotFoundError(f"{path} is not a dataset: it has no {MANIFEST}")
-    return Manifest.model_validate_json(file.read_text())
+    from tasks import store
+
+    try:
+        text = store.read_bytes(store.join(path, MANIFEST))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is not a dataset: it has no {MANIFEST}") from None
+    return Manifest.model_validate_json(text)
 
 
 def is_dataset(path: str | Path) -> bool:
+    from tasks import store
+
+    if store.is_url(path):
+        return store.exists(store.join(path, MANIFEST))
     return (Path(path) / MANIFEST).is_file()
 
 
@@ -91,7 +102,7 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-def stage_dir(root: str | Path, stage: str, version: int, cfg: BaseModel, inputs: list[str], layout: dict | None = None) -> Path:
+def stage_dir(root: str | Path, stage: str, version: int, cfg: BaseModel, inputs: list[str], layout: dict | None = None) -> Path | str:
     """Where a stage's output lives: a function of (stage, config, input digests) only, plus the
     executor settings its part files depend on (`layout`: extract's shard size), if any."""
     place = {
@@ -103,7 +114,9 @@ def stage_dir(root: str | Path, stage: str, version: int, cfg: BaseModel, inputs
     if layout:
         place["layout"] = layout
     key = digest_of(place)[:16]
-    return Path(root) / stage / key
+    from tasks import store
+
+    return store.join(root, stage, key)
 
 
 def source_layout(module: str, cfg: BaseModel, layout: dict | None) -> dict | None:
@@ -207,8 +220,16 @@ def run_stage(
     out = stage_dir(root, stage, version, cfg, inputs, source_layout(fn.__module__, cfg, layout))
     if is_dataset(out):
         return out
-    partial = out.with_name(out.name + ".partial")
-    with StageLock(out.with_name(out.name + ".lock")):
+    from tasks import store
+
+    if store.is_url(out):
+        # an object store: work in a node-local partial directory on local copies of the inputs,
+        # then upload under an attempt prefix and create the manifest (tasks/store.py)
+        partial = store.cache_dir() / "partial" / f"{store.place_key(str(out))}.partial"
+        local_inputs = [str(store.local_copy(p)) for p in inputs]
+    else:
+        partial, local_inputs = out.with_name(out.name + ".partial"), inputs
+    with StageLock(partial.with_name(partial.name.removesuffix(".partial") + ".lock")):
         if is_dataset(out):  # finished by a concurrent run while we waited
             return out
         attempt = partial / ".attempt.json"
@@ -219,7 +240,7 @@ def run_stage(
         partial.mkdir(parents=True, exist_ok=True)
         write_atomic(attempt, json.dumps({"code_version": code_version()}).encode())
         started = time.time()
-        stats = fn(inputs, cfg, partial, progress)
+        stats = fn(local_inputs, cfg, partial, progress)
         stats.setdefault("seconds", round(time.time() - started, 3))
         for hidden in partial.iterdir():
             if hidden.name.startswith(".") and hidden.is_dir():
@@ -248,8 +269,31 @@ def run_stage(
             created_at=time.time(),
             run_id=uuid.uuid4().hex,
         )
-        write_atomic(partial / MANIFEST, manifest.model_dump_json(indent=2).encode())
-        if out.exists():  # a stale directory without a manifest
-            shutil.rmtree(out)
-        os.replace(partial, out)
+        if store.is_url(out):
+            _commit_to_store(partial, str(out), manifest)
+        else:
+            write_atomic(partial / MANIFEST, manifest.model_dump_json(indent=2).encode())
+            if out.exists():  # a stale directory without a manifest
+                shutil.rmtree(out)
+            os.replace(partial, out)
     return out
+
+
+def _commit_to_store(partial: Path, out: str, manifest: Manifest) -> None:
+    """Upload the files under this attempt's prefix, then create the manifest; the loser of a
+    race keeps the winner's dataset. The local files become the node's cached copy."""
+    from tasks import store
+
+    manifest = manifest.model_copy(update={"prefix": store.attempt_prefix(manifest.run_id)})
+    for entry in manifest.files:
+        store.upload(partial / entry.path, f"{out}/{manifest.prefix}/{entry.path}")
+    if not store.create_only(f"{out}/{MANIFEST}", manifest.model_dump_json(indent=2).encode()):
+        shutil.rmtree(partial)  # another writer committed first: its dataset stands, this attempt is garbage
+        return
+    write_atomic(partial / MANIFEST, manifest.model_copy(update={"prefix": ""}).model_dump_json(indent=2).encode())
+    cached = store.cache_dir() / "datasets" / store.place_key(out) / manifest.digest[:16]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(partial, cached)
+    except OSError:
+        shutil.rmtree(partial)

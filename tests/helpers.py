@@ -359,11 +359,14 @@ class S3Server:
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
         return self
 
-    def make_bucket(self, name: str) -> None:
-        import boto3  # s3fs's mkdir names us-east-1 as a location constraint, which S3 refuses
+    def client(self):
+        import boto3
 
-        boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"], aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-                     aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1").create_bucket(Bucket=name)
+        return boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"], aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+
+    def make_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)  # s3fs's mkdir names us-east-1 as a location constraint, which S3 refuses
 
     def filesystem(self):
         import s3fs

@@ -1,0 +1,184 @@
+"""Datasets on an object store (a real S3 API: moto's server on 127.0.0.1): files under an
+attempt prefix, the manifest created last and create-only. Two racing writers commit exactly
+one dataset; a writer killed mid-upload leaves none, and the rerun completes it; `llmill gc`
+finds the attempts no manifest names. Each writer is its own process with its own node-local
+cache, as two machines would be."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+WRITER = """
+import json, os, sys, time
+from pathlib import Path
+import pyarrow as pa, pyarrow.parquet as pq
+from pydantic import BaseModel
+from tasks import store
+from tasks.stage import load_manifest, run_stage
+
+class Cfg(BaseModel):
+    rows: int = 100
+
+def make(inputs, cfg, out, progress):
+    for i in range(3):
+        pq.write_table(pa.table({"writer": [os.environ["WRITER"]] * cfg.rows}), out / f"part-{i}.parquet")
+    barrier = Path(os.environ["BARRIER"])  # every writer has found no dataset and written its files
+    (barrier / os.environ["WRITER"]).touch()
+    deadline = time.monotonic() + 60
+    while len(list(barrier.iterdir())) < int(os.environ["WRITERS"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"rows": 3 * cfg.rows}
+
+if os.environ.get("KILL_AFTER_UPLOADS"):  # the process dies after that many uploads, before the manifest
+    upload, done = store.upload, []
+    def upload_then_die(local, url):
+        upload(local, url)
+        done.append(url)
+        if len(done) >= int(os.environ["KILL_AFTER_UPLOADS"]):
+            os._exit(9)
+    store.upload = upload_then_die
+
+out = run_stage("demo", 1, make, [], Cfg(), sys.argv[1])
+local = store.local_copy(out)
+writers = {w for i in range(3) for w in pq.read_table(local / f"part-{i}.parquet")["writer"].to_pylist()}
+print("RESULT " + json.dumps({"out": str(out), "run_id": load_manifest(out).run_id, "writers": sorted(writers)}))
+"""
+
+
+def writer(name: str, root: str, tmp: Path, s3_env: dict, writers: int = 1, **extra: str) -> subprocess.Popen:
+    (tmp / "barrier").mkdir(exist_ok=True)
+    env = {**os.environ, **s3_env, "WRITER": name, "WRITERS": str(writers), "BARRIER": str(tmp / "barrier"),
+           "LLMILL_CACHE_DIR": str(tmp / f"cache-{name}"), **extra}
+    return subprocess.Popen([sys.executable, "-c", WRITER, root], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+
+
+def llmill_gc(root: str, s3_env: dict, *args: str) -> list[str]:
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "gc", root, *args], cwd=ROOT, env={**os.environ, **s3_env, "COLUMNS": "300"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout.splitlines()[:-1]
+
+
+@pytest.fixture
+def bucket(s3_server, request) -> str:
+    """A new bucket with versioning on: every write of an object is kept and can be counted."""
+    name = "llmill-" + request.node.name.replace("_", "-")[:40].strip("-")
+    s3_server.make_bucket(name)
+    s3_server.client().put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+def writes_of(s3_server, bucket: str, key: str) -> int:
+    versions = s3_server.client().list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
+    return sum(v["Key"] == key for v in versions)
+
+
+def test_two_writers_racing_commit_exactly_one_dataset(tmp_path, s3_server, bucket):
+    root = f"s3://{bucket}/data"
+    first, second = (writer(n, root, tmp_path, s3_server.env, writers=2) for n in ("first", "second"))
+    a, b = result(first), result(second)
+    fs = s3_server.filesystem()
+    (place,) = fs.ls(f"{bucket}/data/demo")
+    objects = fs.ls(place, detail=False)
+    assert [o for o in objects if o.endswith("/manifest.json")] == [f"{place}/manifest.json"]
+    assert writes_of(s3_server, bucket, place.removeprefix(f"{bucket}/") + "/manifest.json") == 1  # created once, never overwritten
+    attempts = sorted(o.rsplit("/", 1)[-1] for o in objects if "/attempt-" in o)
+    assert len(attempts) == 2  # both uploaded their files; one manifest names one attempt
+    # the loser reads the winner's dataset: the same run, the winner's files only
+    assert a["out"] == b["out"] and a["run_id"] == b["run_id"] and a["writers"] == b["writers"] and len(a["writers"]) == 1
+    winner = json.loads(fs.cat_file(f"{place}/manifest.json"))
+    assert winner["prefix"] == f"attempt-{a['run_id']}" and len(winner["files"]) == 3
+    loser = next(x for x in attempts if x != winner["prefix"])
+
+    assert llmill_gc(root, s3_server.env) == [f"{a['out']}/{loser}"]
+    llmill_gc(root, s3_server.env, "--delete")
+    # read by object, not by prefix: moto still lists a versioned bucket's deleted prefix
+    left = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    key = place.removeprefix(f"{bucket}/")
+    assert sorted(left) == sorted([f"{key}/manifest.json"] + [f"{key}/{winner['prefix']}/{f['path']}" for f in winner["files"]])
+
+
+def test_a_writer_killed_mid_upload_leaves_no_dataset_and_the_rerun_completes_it(tmp_path, s3_server, bucket, monkeypatch):
+    from tasks.stage import is_dataset
+
+    root = f"s3://{bucket}/data"
+    killed = writer("killed", root, tmp_path, s3_server.env, KILL_AFTER_UPLOADS="2")
+    killed.communicate(timeout=120)
+    assert killed.returncode == 9
+    fs = s3_server.filesystem()
+    (place,) = fs.ls(f"{bucket}/data/demo")
+    (attempt,) = fs.ls(place, detail=False)
+    assert "/attempt-" in attempt and len(fs.find(attempt)) == 2  # two of three files, no manifest
+    url = f"s3://{place}"
+    for key, value in s3_server.env.items():  # this process reads the bucket too
+        monkeypatch.setenv(key, value)
+    assert not is_dataset(url)
+    assert llmill_gc(root, s3_server.env) == [f"s3://{attempt}"]
+
+    done = result(writer("rerun", root, tmp_path, s3_server.env))
+    assert done["out"] == url and is_dataset(url) and done["writers"] == ["rerun"]
+    assert llmill_gc(root, s3_server.env) == [f"s3://{attempt}"]  # still the killed one's, and only it
+
+
+def file_entries(dataset: str) -> list[tuple]:
+    from tasks.stage import load_manifest
+
+    return [(f.path, f.bytes, f.rows, f.sha256) for f in load_manifest(dataset).files]
+
+
+@pytest.mark.prefect_server
+@pytest.mark.trainer
+def test_the_data_and_pretrain_flows_on_s3_equal_the_local_run_and_rerun_cached(tmp_path, s3_server, bucket, monkeypatch, prefect_harness):
+    from flows.config import LlmillConfig
+    from flows.data import data_flow
+    from flows.pretrain import pretrain_flow
+    from tests.helpers import all_task_states, python_doc_site_pages, tiny_pipeline_config, write_warc
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LLMILL_CACHE_DIR", str(tmp_path / "node-cache"))
+    warc = write_warc(tmp_path / "small.warc.gz", python_doc_site_pages(2))
+    tree = tiny_pipeline_config(tmp_path / "local", warc)
+    tree["pretrain"]["train"] |= {"steps": 6, "eval_every": 3, "checkpoint_every": 3}
+    local, remote = (LlmillConfig.model_validate({**tree, "root": root}) for root in (str(tmp_path / "local"), f"s3://{bucket}/data"))
+
+    results = {}
+    for name, config in (("local", local), ("s3", remote)):
+        data = data_flow(config)
+        results[name] = {"ingest": data["raw"][0], "extract": data["docs"], "clean": data["clean"], "dedup": data["dedup"],
+                         **{k: v for k, v in pretrain_flow(config, data["dedup"]).items() if k in ("tokenizer", "shards", "run")}}
+    assert all(str(p).startswith(f"s3://{bucket}/data/") for p in results["s3"].values()), results["s3"]
+    assert not (tmp_path / "local" / "s3:").exists()
+    for stage in ("ingest", "extract", "clean", "dedup", "tokenizer", "shards"):  # the same files, rows and hashes
+        assert file_entries(results["s3"][stage]) == file_entries(results["local"][stage]), stage
+    # the run's checkpoints and exports are on the bucket, under the manifest's attempt prefix
+    fs = s3_server.filesystem()
+    run = results["s3"]["run"].removeprefix("s3://")
+    prefix = json.loads(fs.cat_file(f"{run}/manifest.json"))["prefix"]
+    on_bucket = {p.removeprefix(f"{run}/{prefix}/") for p in fs.find(f"{run}/{prefix}")}
+    assert {"final/model.safetensors", "hf/config.json"} <= on_bucket
+    assert {e[0] for e in file_entries(results["s3"]["run"])} == {e[0] for e in file_entries(results["local"]["run"])} == on_bucket
+
+    # a rerun on S3 (another node: an empty local cache) is answered from cache, stage by stage
+    monkeypatch.setenv("LLMILL_CACHE_DIR", str(tmp_path / "other-node-cache"))
+    again = data_flow(remote, return_state=True)
+    states = all_task_states(again.state_details.flow_run_id)
+    assert again.result()["dedup"] == results["s3"]["dedup"]
+    assert {"ingest", "extract", "clean", "dedup"} <= states.keys() and set(states.values()) == {"Cached"}, states
+    shards = pretrain_flow(remote, results["s3"]["dedup"], return_state=True)
+    states = all_task_states(shards.state_details.flow_run_id)
+    assert {"train_tokenizer", "tokenize", "pretrain"} <= states.keys() and set(states.values()) == {"Cached"}, states
