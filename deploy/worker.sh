@@ -7,9 +7,16 @@ until python -c "import os, urllib.request; urllib.request.urlopen(os.environ['P
   echo "waiting for the Prefect server at ${PREFECT_API_URL}"; sleep 2
 done
 prefect work-pool inspect "$pool" >/dev/null 2>&1 || prefect work-pool create "$pool" --type process
+set -- --pool "$pool"
 if [ -n "${LLMILL_DASK_ADDRESS:-}" ]; then  # the data stages' shards on that Dask cluster
-  llmill deploy "${LLMILL_CONFIG:-configs/demo.yaml}" --pool "$pool" --set executor.kind=dask --set "executor.address=$LLMILL_DASK_ADDRESS"
-else
-  llmill deploy "${LLMILL_CONFIG:-configs/demo.yaml}" --pool "$pool"
+  set -- "$@" --set executor.kind=dask --set "executor.address=$LLMILL_DASK_ADDRESS"
 fi
+if [ -n "${LLMILL_ROOT:-}" ]; then  # the datasets on an object store (s3://bucket/prefix)
+  set -- "$@" --set "root=$LLMILL_ROOT"
+fi
+if [ -n "${LLMILL_RESULTS_URL:-}" ]; then  # the task cache beside them, shared by every worker
+  llmill results-storage "$LLMILL_RESULTS_URL" --overwrite
+  export PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=remote-file-system/llmill-results
+fi
+llmill deploy "${LLMILL_CONFIG:-configs/demo.yaml}" "$@"
 exec prefect worker start --pool "$pool"

@@ -135,14 +135,16 @@ def compose_binary() -> Path:
     return Path(compose.__file__).parent / "docker-compose"
 
 
-def compose_config(tmp: Path, values: dict[str, str] | None = None) -> dict:
-    """docker-compose.yml as Compose itself resolves it, with test values for the .env secrets."""
+def compose_config(tmp: Path, values: dict[str, str] | None = None, profiles: tuple[str, ...] = ()) -> dict:
+    """docker-compose.yml as Compose itself resolves it, with test values for the .env secrets,
+    with the services of `profiles` too."""
     import json
     import subprocess
 
     env_file = tmp / "compose.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in {**TEST_SECRETS, **(values or {})}.items()))
-    out = subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config", "--format", "json"],
+    chosen = [arg for p in profiles for arg in ("--profile", p)]
+    out = subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), *chosen, "config", "--format", "json"],
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp)})
     if out.returncode != 0:
         raise RuntimeError(out.stderr)

@@ -80,3 +80,33 @@ def test_dask_services_run_the_worker_image_and_the_flow_uses_them(tmp_path):
     assert worker["environment"]["LLMILL_DASK_ADDRESS"] == "tcp://dask-scheduler:8786"
     # workers read and write the flow's data root
     assert {v["target"]: v["source"] for v in dask_worker["volumes"]} == {"/app/data": "datasets"}
+
+
+def test_the_s3_profile_adds_a_store_and_the_workers_use_it_when_env_says_so(tmp_path):
+    plain = compose_config(tmp_path)
+    assert not {"s3", "s3-bucket"} & set(plain["services"])  # off unless asked for
+    for name in ("worker", "dask-worker"):  # and then nothing points the workers at a store
+        env = plain["services"][name]["environment"]
+        assert env["AWS_ENDPOINT_URL"] == "" and env["AWS_ACCESS_KEY_ID"] == "", (name, env)
+    assert plain["services"]["worker"]["environment"]["LLMILL_ROOT"] == ""
+
+    values = {"S3_ACCESS_KEY_ID": "llmill", "S3_SECRET_ACCESS_KEY": "s3-test-secret", "LLMILL_ROOT": "s3://llmill/data",
+              "LLMILL_RESULTS_URL": "s3://llmill/results", "LLMILL_S3_ENDPOINT_URL": "http://s3:9000"}
+    services = compose_config(tmp_path, values, profiles=("s3",))["services"]
+    store, bucket = services["s3"], services["s3-bucket"]
+    for svc in (store, bucket):
+        assert re.search(r":RELEASE\.\d{4}-", svc["image"]), svc["image"]  # pinned
+    assert store["environment"] == {"MINIO_ROOT_USER": "llmill", "MINIO_ROOT_PASSWORD": "s3-test-secret"}
+    assert "healthcheck" in store and bucket["depends_on"]["s3"]["condition"] == "service_healthy"
+    assert [(p["host_ip"], p["target"]) for p in store["ports"]] == [("127.0.0.1", 9001)]  # the console on this machine only
+    assert "store/llmill" in " ".join(bucket["entrypoint"])
+    for name in ("worker", "dask-worker"):
+        env = services[name]["environment"]
+        assert (env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("http://s3:9000", "llmill", "s3-test-secret")
+    worker = services["worker"]["environment"]
+    assert (worker["LLMILL_ROOT"], worker["LLMILL_RESULTS_URL"]) == ("s3://llmill/data", "s3://llmill/results")
+    # worker.sh deploys with that root and makes the task cache a block beside it; the image has s3fs
+    script = (ROOT / "deploy" / "worker.sh").read_text()
+    assert '--set "root=$LLMILL_ROOT"' in script and 'llmill results-storage "$LLMILL_RESULTS_URL"' in script
+    assert "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=remote-file-system/llmill-results" in script
+    assert "-e '.[s3]'" in (ROOT / "deploy" / "Dockerfile").read_text()
