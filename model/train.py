@@ -151,11 +151,25 @@ class Checkpoints:
     """step-NNNNNN/ directories, each complete before it is renamed into place."""
 
     def __init__(self, out: Path, accelerator, keep: int):
+        from model.mirror import mirror_url
+
+        self.out = out
         self.dir = out / "checkpoints"
         self.acc = accelerator
         self.keep = keep
+        self.mirror = mirror_url(out)  # the object store the run's checkpoints are copied to (model/mirror.py)
 
     def latest(self) -> Path | None:
+        done = sorted(p for p in self.dir.glob("step-*") if (p / "trainer_state.json").exists())
+        if done or self.mirror is None:
+            return done[-1] if done else None
+        # none here: a run killed on another node may have left some on the object store
+        if self.acc.is_local_main_process:
+            from model.mirror import pull_latest
+
+            self.dir.mkdir(parents=True, exist_ok=True)
+            pull_latest(self.mirror, self.dir, self.out)
+        self.acc.wait_for_everyone()
         done = sorted(p for p in self.dir.glob("step-*") if (p / "trainer_state.json").exists())
         return done[-1] if done else None
 
@@ -186,6 +200,10 @@ class Checkpoints:
             os.replace(tmp, final)
             for old in sorted(p for p in self.dir.glob("step-*") if p.is_dir())[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
+            if self.mirror is not None:
+                from model.mirror import push
+
+                push(final, self.out / "metrics.jsonl", self.mirror, self.keep)
         acc.wait_for_everyone()
 
     def load(self, path: Path, model, optimizer, sharded: bool, model_cfg: ModelConfig, signature: dict) -> dict:

@@ -1,7 +1,9 @@
 """`llmill gc`: what no dataset references, under a root.
 
 - On an object store: attempt prefixes (`<stage>/<key>/attempt-<run id>/`) that the place's
-  manifest does not name: a killed writer's files, or the loser's of two racing writers.
+  manifest does not name: a killed writer's files, or the loser's of two racing writers; and
+  the `resume/` checkpoints of a run whose dataset is committed. (A run's `resume/` without a
+  manifest is its progress: the rerun continues from it.)
 - On a local disk: `<key>.partial/` directories and stale `<key>.lock` files of runs that are not
   running now (a running one holds its lock; a killed resumable run's partial directory is its
   progress, so it is listed, and kept unless --delete is given).
@@ -45,6 +47,8 @@ def _store_garbage(root: str) -> list[str]:
             names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(place, detail=False)}
             kept = load_manifest(url).prefix if MANIFEST in names else None
             found += [f"{url}/{n}" for n in sorted(names) if n.startswith("attempt-") and n != kept]
+            if kept is not None and "resume" in names:  # a committed run's checkpoints, left by a killed cleanup
+                found.append(f"{url}/resume")
     return found
 
 

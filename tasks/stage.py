@@ -239,6 +239,10 @@ def run_stage(
                 shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
         write_atomic(attempt, json.dumps({"code_version": code_version()}).encode())
+        if resumable and store.is_url(out):  # the run's progress goes to the store too: another node resumes from it
+            from model.mirror import RESUME_FILE
+
+            write_atomic(partial / RESUME_FILE, json.dumps({"url": f"{out}/resume"}).encode())
         started = time.time()
         stats = fn(local_inputs, cfg, partial, progress)
         stats.setdefault("seconds", round(time.time() - started, 3))
@@ -290,6 +294,7 @@ def _commit_to_store(partial: Path, out: str, manifest: Manifest) -> None:
     if not store.create_only(f"{out}/{MANIFEST}", manifest.model_dump_json(indent=2).encode()):
         shutil.rmtree(partial)  # another writer committed first: its dataset stands, this attempt is garbage
         return
+    store.remove(f"{out}/resume")  # a resumable stage's progress: done with now
     write_atomic(partial / MANIFEST, manifest.model_copy(update={"prefix": ""}).model_dump_json(indent=2).encode())
     cached = store.cache_dir() / "datasets" / store.place_key(out) / manifest.digest[:16]
     cached.parent.mkdir(parents=True, exist_ok=True)

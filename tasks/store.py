@@ -90,6 +90,14 @@ def create_only(url: str, data: bytes) -> bool:
     return True
 
 
+def remove(url: str) -> None:
+    """Remove everything under `url`, if anything is there."""
+    fs, p = filesystem(url)
+    fs.invalidate_cache(p)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
 def upload(local: Path, url: str) -> None:
     fs, p = filesystem(url)
     fs.put_file(str(local), p)

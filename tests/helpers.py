@@ -517,3 +517,17 @@ def all_task_states(flow_run_id) -> dict[str, str]:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
                                      task_run_filter=TaskRunFilter(subflow_runs=TaskRunFilterSubFlowRuns(exists_=False)))
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def training_pids(spec_file: Path) -> list[int]:
+    """Processes whose command line names this run's spec file."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(spec_file).encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids

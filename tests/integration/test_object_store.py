@@ -182,3 +182,63 @@ def test_the_data_and_pretrain_flows_on_s3_equal_the_local_run_and_rerun_cached(
     shards = pretrain_flow(remote, results["s3"]["dedup"], return_state=True)
     states = all_task_states(shards.state_details.flow_run_id)
     assert {"train_tokenizer", "tokenize", "pretrain"} <= states.keys() and set(states.values()) == {"Cached"}, states
+
+
+@pytest.mark.trainer
+def test_a_training_killed_on_one_node_resumes_from_the_root_on_another(tmp_path, s3_server, bucket, monkeypatch, library_corpus):
+    import threading
+    import time
+
+    from model.config import TrainConfig
+    from model.llama import ModelConfig
+    from tasks.pretrain import VERSION, PretrainConfig, pretrain
+    from tasks.stage import load_manifest, run_stage, stage_dir
+    from tests.helpers import metrics, training_pids
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    _, tok, shards = library_corpus
+    train = TrainConfig(steps=12, micro_batch_size=8, seq_len=64, lr=3e-3, warmup_steps=2, eval_every=12, eval_windows=4,
+                        checkpoint_every=4, log_every=1, trackers=[], threads_per_process=1)
+    cfg = PretrainConfig(model=ModelConfig(preset="test-tiny"), train=train, export_hf=False)
+    root = f"s3://{bucket}/data"
+    place = stage_dir(root, "pretrain", VERSION, cfg, [shards, tok])
+    fs = s3_server.filesystem()
+    remote_state = f"{place.removeprefix('s3://')}/resume/checkpoints/step-000004/trainer_state.json"
+
+    def kill_when_step_4_is_on_the_store(cache: Path, killed: list):
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not fs.exists(remote_state):
+            fs.invalidate_cache()
+            time.sleep(0.05)
+        spec = next((cache / "partial").glob("*.partial")) / "run.json"
+        for pid in training_pids(spec):
+            os.kill(pid, 9)
+            killed.append(pid)
+
+    monkeypatch.setenv("LLMILL_CACHE_DIR", str(tmp_path / "node-a"))
+    killed: list[int] = []
+    watcher = threading.Thread(target=kill_when_step_4_is_on_the_store, args=(tmp_path / "node-a", killed), daemon=True)
+    watcher.start()
+    with pytest.raises(Exception):
+        run_stage("pretrain", VERSION, pretrain, [shards, tok], cfg, root, resumable=True)
+    watcher.join(timeout=10)
+    assert killed, "the training was never killed"
+
+    monkeypatch.setenv("LLMILL_CACHE_DIR", str(tmp_path / "node-b"))  # another node: nothing of node a's disk
+    run = run_stage("pretrain", VERSION, pretrain, [shards, tok], cfg, root, resumable=True)
+    stats = load_manifest(run).stats
+    assert stats["resumed_at_step"] in (4, 8) and stats["steps"] == 12, stats
+    steps = [m["step"] for m in metrics(tmp_path / "node-b" / "datasets" / place_key_dir(run)) if "loss" in m]
+    assert steps == list(range(1, 13))  # node a's lines from before its checkpoint, then node b's
+    key = place.removeprefix(f"s3://{bucket}/")
+    left = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix=key)["Contents"]]
+    assert left and not [k for k in left if k.startswith(f"{key}/resume/")]  # committed: the run's progress is removed
+
+
+def place_key_dir(url: str) -> str:
+    from tasks.stage import load_manifest
+    from tasks.store import place_key
+
+    return f"{place_key(url)}/{load_manifest(url).digest[:16]}"
+

@@ -20,7 +20,7 @@ from model.llama import ModelConfig
 from tasks.orchestration import call_stage
 from tasks.pretrain import VERSION, PretrainConfig, pretrain_task
 from tasks.stage import load_manifest, stage_dir
-from tests.helpers import losses, max_diff, metrics, run_spec
+from tests.helpers import losses, max_diff, metrics, run_spec, training_pids
 
 
 pytestmark = pytest.mark.trainer
@@ -31,19 +31,6 @@ def data(library_corpus):
     _, tok, shards = library_corpus
     return tok, shards
 
-
-def training_pids(spec_file: Path) -> list[int]:
-    """Processes whose command line names this run's spec file."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if str(spec_file).encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 def kill_after_checkpoint(partial: Path, step: int, killed: list[int]) -> threading.Thread:
