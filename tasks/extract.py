@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.executor import ExecutorConfig, current_executor, map_shards
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
-from tasks.warc_ranges import RangeReader, describe, file_split_points, open_source, plan_shards
+from tasks.warc_ranges import describe, file_split_points, open_range, plan_shards
 
 VERSION = 2
 PRELOAD = ["tasks.extract", "trafilatura", "warcio"]  # what the shard processes' forkserver imports once
@@ -185,8 +186,12 @@ def extract_warc(path: str, cfg: ExtractConfig, start: int = 0, end: int | None 
             {"url": url, "warc_file": name, "warc_record_id": rid, "offset": offset, "bytes": size, "reason": reason}
         )
 
-    with open_source(path) as f:
-        it = ArchiveIterator(SourceReader(f, start, os.path.getsize(path) if end is None else end))
+    with ExitStack() as opened:
+        try:
+            reader = opened.enter_context(open_range(path, start, os.path.getsize(path) if end is None else end))
+        except Exception as e:  # noqa: BLE001
+            raise SourceReadError(f"{path}: {type(e).__name__}: {e}") from e
+        it = ArchiveIterator(SourceReader(reader, path))
         try:
             for record in it:
                 if record.format != "warc":  # warcio reads any bytes leniently, as ARC
@@ -260,26 +265,22 @@ class SourceReadError(RuntimeError):
     """Reading a WARC file's bytes failed: not damage to quarantine, a failure to retry."""
 
 
-class SourceReader(RangeReader):
-    """A RangeReader whose I/O errors say which source failed and are told apart from damage
+class SourceReader:
+    """A range reader whose I/O errors say which source failed and are told apart from damage
     (which warcio and gzip report as other exceptions)."""
 
-    def __init__(self, f, start: int, end: int):
-        self.name = getattr(f, "path", getattr(f, "name", "WARC file"))
-        try:
-            super().__init__(f, start, end)
-        except Exception as e:  # noqa: BLE001
-            raise SourceReadError(f"{self.name}: {type(e).__name__}: {e}") from e
+    def __init__(self, reader, name: str):
+        self.reader, self.name = reader, name
 
     def read(self, n: int = -1) -> bytes:
         try:
-            return super().read(n)
+            return self.reader.read(n)
         except Exception as e:  # noqa: BLE001
             raise SourceReadError(f"{self.name}: {type(e).__name__}: {e}") from e
 
     def readline(self, limit: int = -1) -> bytes:
         try:
-            return super().readline(limit)
+            return self.reader.readline(limit)
         except Exception as e:  # noqa: BLE001
             raise SourceReadError(f"{self.name}: {type(e).__name__}: {e}") from e
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,7 +24,7 @@ GZIP_MAGIC = b"\x1f\x8b\x08"
 _SCAN = 64 << 10  # bytes read at a time while looking for the next member: a record's gzip member is
 # typically tens of KB, and a remote scan pays for every byte it reads (1 MB windows read 3.9x
 # the WARC's bytes over HTTP at 470 KB shards: bench/ingest.py)
-_READ_BLOCK = 1 << 20  # readahead while reading a shard's records
+_READ_BLOCK = 1 << 20  # bytes per ranged request while reading a shard's records
 
 
 class WarcRange(NamedTuple):
@@ -177,6 +178,58 @@ def plan_shards(files: list, shard_bytes: int, points: list[list[int]] | None = 
         shards[-1].append(piece)
         filled += n
     return shards
+
+
+@contextmanager
+def open_range(path: str, start: int, end: int):
+    """A reader of [start, end) of a local file or an fsspec URL, which reads nothing past end."""
+    if "://" not in path:
+        with open(path, "rb") as f:
+            yield RangeReader(f, start, end)
+        return
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(path)
+    yield RemoteRange(fs, inner, start, end)
+
+
+class RemoteRange:
+    """[start, end) of a remote file, fetched in ranged requests of up to `chunk` bytes for
+    exactly the bytes of the range: an fsspec readahead file fetches a block past every read,
+    which at the end of each shard is up to a block of the next shard's bytes."""
+
+    def __init__(self, fs, path: str, start: int, end: int, chunk: int = _READ_BLOCK):
+        self.fs, self.path, self.pos, self.end, self.chunk = fs, path, start, end, chunk
+        self.buf, self.off = b"", 0
+
+    def _fill(self, want: int) -> None:
+        """Fetch until `want` bytes are buffered or the range is exhausted."""
+        while len(self.buf) - self.off < want and self.pos < self.end:
+            size = min(max(self.chunk, want - (len(self.buf) - self.off)), self.end - self.pos)
+            data = self.fs.cat_file(self.path, start=self.pos, end=self.pos + size)
+            if not data:
+                raise EOFError(f"{self.path}: no bytes at offset {self.pos} (the file is shorter than planned)")
+            self.buf, self.off = self.buf[self.off:] + data, 0
+            self.pos += len(data)
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = len(self.buf) - self.off + self.end - self.pos
+        self._fill(n)
+        data = self.buf[self.off : self.off + n]
+        self.off += len(data)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        limit = len(self.buf) - self.off + self.end - self.pos if limit is None or limit < 0 else limit
+        while True:
+            at = self.buf.find(b"\n", self.off, self.off + limit)
+            if at != -1:
+                return self.read(at + 1 - self.off)
+            buffered = len(self.buf) - self.off
+            if buffered >= limit or self.pos >= self.end:
+                return self.read(min(limit, buffered))
+            self._fill(buffered + 1)
 
 
 class RangeReader:

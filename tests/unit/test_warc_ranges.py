@@ -70,3 +70,29 @@ def test_range_reader_stops_at_the_end(tmp_path):
     with open(f, "rb") as fh:
         r = RangeReader(fh, 2, 13)
         assert r.readline() == b"23456789\n" and r.read() == b"ab" and r.read() == b""
+
+
+def test_a_remote_range_reads_exactly_its_bytes_in_chunks(tmp_path):
+    """fsspec's in-memory filesystem counts nothing, so the reads are counted around cat_file."""
+    import fsspec
+
+    from tasks.warc_ranges import RemoteRange
+
+    fs = fsspec.filesystem("memory")
+    body = b"".join(b"line %d of the file\n" % i for i in range(2000))
+    fs.pipe_file("/range-test/file", body)
+    asked = []
+
+    class Counting:
+        def cat_file(self, path, start, end):
+            asked.append((start, end))
+            return fs.cat_file(path, start=start, end=end)
+
+    start, end = 1000, 30_000
+    reader = RemoteRange(Counting(), "/range-test/file", start, end, chunk=4096)
+    got = reader.readline() + reader.read(10) + reader.readline(5)
+    while (line := reader.readline()):
+        got += line
+    assert got == body[start:end] and reader.read() == b""
+    assert sum(e - s for s, e in asked) == end - start  # nothing fetched twice, nothing past end
+    assert max(e - s for s, e in asked) <= 4096 and asked[-1][1] == end
