@@ -1,5 +1,11 @@
 """`llmill gc`: what no dataset references, under a root.
 
+- Dataset versions that nothing newer reads: a dataset is superseded when its stage has a newer
+  dataset (by creation time) and every dataset that reads it is itself superseded; the newest
+  dataset of each stage, whatever reads those, and every dataset a data-refresh version list
+  names (`refresh/*.json`) are kept. Two configs' datasets side by side count as versions of one
+  stage: the listing shows what would go, and only `--delete` removes it.
+
 - On an object store: attempt prefixes (`<stage>/<key>/attempt-<run id>/`) that the place's
   manifest does not name: a killed writer's files, or the loser's of two racing writers; and
   the `resume/` checkpoints of a run whose dataset is committed. (A run's `resume/` without a
@@ -12,6 +18,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import shutil
 from pathlib import Path
 
@@ -20,9 +27,71 @@ from tasks.stage import MANIFEST, load_manifest
 
 
 def garbage(root: str | Path) -> list[str]:
-    """Paths or URLs under `root` that no manifest references, sorted."""
+    """Paths or URLs under `root` that no manifest references, and superseded datasets, sorted."""
     root = store.resolve_root(root)
-    return sorted(_store_garbage(root) if store.is_url(root) else _local_garbage(Path(root)))
+    leftovers = _store_garbage(root) if store.is_url(root) else _local_garbage(Path(root))
+    return sorted(leftovers + superseded(root))
+
+
+def superseded(root: str) -> list[str]:
+    """Datasets under `root` that nothing newer reads (the module docstring's rule)."""
+    manifests = {}
+    for place in _dataset_places(root):
+        try:
+            manifests[place] = load_manifest(place)
+        except (OSError, ValueError):  # a damaged manifest is not this tool's to judge
+            continue
+    by_digest = {m.digest: place for place, m in manifests.items()}
+    readers: dict[str, set[str]] = {place: set() for place in manifests}
+    for place, m in manifests.items():
+        for digest in m.inputs:
+            if digest in by_digest:
+                readers[by_digest[digest]].add(place)
+    newest = {}
+    for place, m in manifests.items():
+        if m.stage not in newest or m.created_at > manifests[newest[m.stage]].created_at:
+            newest[m.stage] = place
+    named = _named_by_refresh(root)
+    gone: set[str] = set()
+    changed = True
+    while changed:  # a reader that goes lets what it read go too
+        changed = False
+        for place, m in manifests.items():
+            if place in gone or newest[m.stage] == place or str(place) in named:
+                continue
+            if readers[place] <= gone:
+                gone.add(place)
+                changed = True
+    return [str(p) for p in gone]
+
+
+def _dataset_places(root: str) -> list:
+    if store.is_url(root):
+        fs, base = store.filesystem(root)
+        found = fs.glob(f"{base}/*/*/{MANIFEST}")
+        return [f"{root}/{p[len(base):].lstrip('/').rsplit('/', 1)[0]}" for p in found]
+    return [p.parent for p in Path(root).glob(f"*/*/{MANIFEST}") if not p.parent.name.endswith(".partial")]
+
+
+def _named_by_refresh(root: str) -> set[str]:
+    """Every string in the data-refresh version lists: the datasets of each version."""
+    if store.is_url(root):
+        return set()  # the data-refresh flow keeps its lists on local roots only
+    named: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str):
+            named.add(value)
+
+    for listing in Path(root).glob("refresh/*.json"):
+        walk(json.loads(listing.read_text()))
+    return named
 
 
 def delete(paths: list[str]) -> None:
