@@ -217,8 +217,10 @@ def map_shards(
         done += 1
         progress(done, len(jobs))
 
-    engine = _map_dask if cfg.kind == "dask" else _map_local
-    failures = engine(cfg, fn, [(i, jobs[i][1]) for i in todo], tuple(preload), workers, on_crash, finished)
+    if cfg.kind == "dask":
+        failures = _map_dask(cfg, fn, [(i, jobs[i][1]) for i in todo], tuple(preload), out, on_crash, finished)
+    else:
+        failures = _map_local(cfg, fn, [(i, jobs[i][1]) for i in todo], tuple(preload), workers, on_crash, finished)
     if failures:
         i, error = failures[0]
         more = f" (and {len(failures) - 1} more shards)" if len(failures) > 1 else ""
@@ -296,13 +298,41 @@ def dask_client(cfg: ExecutorConfig):
     return client
 
 
-def _map_dask(cfg, fn, todo, preload, workers, on_crash, finished) -> list[tuple[int, str]]:
+def _sees(path: str, token: str) -> bool:
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def require_shared_directory(client, out: Path) -> None:
+    """Shards write their parts into `out`, which this process then commits: a worker that does
+    not see it at the same path would write them where nobody reads them. Refuse such a cluster
+    before any shard runs."""
+    token = os.urandom(8).hex()
+    probe = out / MARKERS / f".probe-{token}"
+    write_atomic(probe, token.encode())
+    try:
+        seen = client.run(_sees, str(probe), token)
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = sorted(w for w, ok in seen.items() if not ok)
+    if blind:
+        raise RuntimeError(
+            f"executor: {len(blind)} of {len(seen)} Dask workers ({', '.join(blind[:3])}) do not see {out}, where this "
+            "stage's shards are written: run them on this machine or give them this path on a shared mount "
+            "(with an object-store root, that is this machine's node cache, $LLMILL_CACHE_DIR)"
+        )
+
+
+def _map_dask(cfg, fn, todo, preload, out, on_crash, finished) -> list[tuple[int, str]]:
     from distributed import as_completed as dask_completed
 
     if not todo:
         return []
     client = dask_client(cfg)
     try:
+        require_shared_directory(client, out)
         token = os.urandom(4).hex()
         futures = {
             client.submit(run_shard, fn, args, preload, on_crash, key=f"{fn.__module__}.{fn.__name__}-{i}-{token}",

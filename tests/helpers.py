@@ -220,10 +220,12 @@ def max_diff(a: dict, b: dict) -> float:
 
 class DaskCluster:
     """`dask scheduler` and `dask worker --nthreads 1` processes started from `code` (a checkout:
-    their working directory and first on PYTHONPATH), stopped together by their process group."""
+    their working directory and first on PYTHONPATH), stopped together by their process group.
+    `hide`: a directory the workers see empty (a tmpfs over it in a mount namespace of their
+    own), as a worker on another machine would."""
 
-    def __init__(self, tmp: Path, workers: int = 2, code: Path | None = None):
-        self.tmp, self.workers = tmp, workers
+    def __init__(self, tmp: Path, workers: int = 2, code: Path | None = None, hide: Path | None = None):
+        self.tmp, self.workers, self.hide = tmp, workers, hide
         self.code = code or Path(__file__).resolve().parents[1]
         self.address = ""
         self.pgid: int | None = None
@@ -253,10 +255,13 @@ class DaskCluster:
                     raise RuntimeError(f"the Dask scheduler did not start: {(self.tmp / 'dask.log').read_text()[-2000:]}")
                 time.sleep(0.1)
             self.address = json.loads(file.read_text())["address"]
+            worker = [dask, "worker", "--scheduler-file", str(file), "--nthreads", "1", "--host", "127.0.0.1",
+                      "--dashboard-address", "127.0.0.1:0", "--death-timeout", "60"]
+            if self.hide is not None:
+                worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"',
+                          str(self.hide), *worker]
             for _ in range(self.workers):
-                self.procs.append(subprocess.Popen(
-                    [dask, "worker", "--scheduler-file", str(file), "--nthreads", "1", "--host", "127.0.0.1",
-                     "--dashboard-address", "127.0.0.1:0", "--death-timeout", "60"], process_group=self.pgid, **common))
+                self.procs.append(subprocess.Popen(worker, process_group=self.pgid, **common))
             self.wait_for_workers(self.workers)
         except BaseException:
             self.__exit__()

@@ -163,3 +163,17 @@ def test_distributed_dedup_equals_the_one_process_pass_on_demo_pages_on_both_eng
         assert stats["near_duplicates"] >= 15 and stats["shards"] >= 2, stats  # the codec pages' clusters, over several parts
         written[kind] = files_of(out)
     assert written["dask"] == written["local"]
+
+
+@pytest.mark.dask_cluster
+def test_dask_workers_that_do_not_see_the_stage_directory_are_refused_before_any_shard(tmp_path, small_warc):
+    from tests.helpers import DaskCluster
+
+    root = tmp_path / "root"
+    raw = raw_dataset(root, small_warc)
+    # a worker on "another machine": the root is an empty directory in its own mount namespace
+    with DaskCluster(tmp_path / "dask", workers=1, hide=root) as blind:
+        with pytest.raises(RuntimeError, match="1 of 1 Dask workers .* do not see .*extract"):
+            extract_on(ExecutorConfig(kind="dask", address=blind.address, shard_bytes=SHARD_BYTES), root, raw)
+    partial = next((root / "extract").glob("*.partial"))
+    assert not list(partial.glob("part-*")) and not list((partial / ".shards").glob("*.json"))  # nothing ran
