@@ -149,8 +149,9 @@ def _resiliparse(html: str, url: str, cfg: ExtractConfig) -> tuple[str, str]:
 BACKENDS = {"trafilatura": _trafilatura, "resiliparse": _resiliparse}
 
 
-class _Timeout(Exception):
-    pass
+class _Timeout(BaseException):
+    """Raised by SIGALRM inside the backend: a BaseException, so a library's own
+    `except Exception` (trafilatura has several) cannot swallow it and keep the page running."""
 
 
 def _alarm(signum, frame):

@@ -58,9 +58,20 @@ def write_task(folder: Path, data_file: Path) -> None:
 
 
 def lm_eval_command(hf_dir: Path, out: Path, cfg) -> list[str]:
+    # lm-eval splits --model_args on "," and "=" with no quoting: a comma in a path would add
+    # arguments of the path's choosing (trust_remote_code=...)
+    if any(c in str(hf_dir) for c in ",="):
+        raise ValueError(f"lm-eval cannot be given a model path with ',' or '=' in it: {hf_dir}")
     return [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={hf_dir},dtype=float32",
             "--tasks", TASK, "--include_path", str(out), "--batch_size", str(cfg.batch_size), "--device", "cpu",
             "--output_path", str(out / "results"), "--seed", "0"]
+
+
+def lm_eval_env(base) -> dict:
+    """The environment lm-eval runs in: this one without the credentials of the Prefect API and
+    of object stores, which a third-party harness loading model code has no use for."""
+    secret = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+    return {k: v for k, v in base.items() if k not in secret}
 
 
 def run_lm_eval(hf_dir: Path, shards: str, sp, cfg, out: Path) -> dict:
@@ -72,7 +83,7 @@ def run_lm_eval(hf_dir: Path, shards: str, sp, cfg, out: Path) -> dict:
     data.write_text("".join(json.dumps(i) + "\n" for i in items))
     write_task(out, data)
     with tempfile.TemporaryDirectory(prefix="llmill-hf-home-") as hf_home:  # the datasets cache stays out of the report
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        env = {**lm_eval_env(os.environ), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HOME": hf_home, "TOKENIZERS_PARALLELISM": "false"}
         proc = subprocess.run(lm_eval_command(hf_dir, out, cfg), env=env, capture_output=True, text=True, timeout=1800)
     cmd = lm_eval_command(hf_dir, out, cfg)

@@ -62,10 +62,21 @@ def looks_non_html(url: str) -> bool:
     return dot > path.rfind("/") and path[dot:] in SKIPPED_EXTENSIONS
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: the last 32 bits are the IPv4 address reached
+NOT_ROUTED_V6 = [ipaddress.ip_network(n) for n in ("::/96", "64:ff9b:1::/48")]  # IPv4-compatible; local-use NAT64
+
+
 def is_public_address(addr: str) -> bool:
+    """A global unicast address. An IPv6 address that carries an IPv4 one (mapped, NAT64, 6to4)
+    is judged by that IPv4 address: `64:ff9b::7f00:1` reaches 127.0.0.1 through a NAT64
+    gateway. Teredo is refused: where its tunnel ends cannot be judged from here."""
     ip = ipaddress.ip_address(addr.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.teredo or any(ip in net for net in NOT_ROUTED_V6):
+            return False
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
+        if embedded is not None:
+            ip = embedded
     return ip.is_global and not ip.is_multicast
 
 

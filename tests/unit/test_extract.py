@@ -68,3 +68,24 @@ def test_decode_html_rules():
     assert decode_html('<meta charset="latin-1">é'.encode("latin-1"), "") .endswith("é")
     with pytest.raises(Quarantined, match="unknown charset"):
         decode_html(b"abc", "text/html; charset=klingon")
+
+
+def test_the_page_timeout_cannot_be_swallowed_by_a_backends_catch_all(monkeypatch):
+    import time
+
+    from tasks import extract
+
+    def swallowing(html, url, cfg):  # as trafilatura's own `except Exception` blocks would
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.01)
+            except Exception:  # noqa: BLE001
+                pass
+        return "", "finished after all"
+
+    monkeypatch.setitem(extract.BACKENDS, "trafilatura", swallowing)
+    started = time.monotonic()
+    with pytest.raises(Quarantined, match="timeout"):
+        extract.extract_text("<html></html>", "http://example.com/", ExtractConfig(timeout_s=0.2))
+    assert time.monotonic() - started < 5
