@@ -47,6 +47,7 @@ from tasks.urls import (
 VERSION = 1
 KEPT = ("page", "not_modified")  # outcomes that leave a page in the corpus
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+ROBOTS_MAX_BYTES = 500 * 1024  # of a robots.txt, what Google reads and what is stored
 
 
 class CrawlConfig(BaseModel):
@@ -321,11 +322,17 @@ class Crawler:
         else:
             text = None
             try:
-                r = await client.get(origin + "/robots.txt", follow_redirects=True, timeout=self.cfg.timeout_s)
-                if r.status_code >= 500:
-                    text = "User-agent: *\nDisallow: /\n"
-                elif r.status_code < 400:
-                    text = r.text
+                async with client.stream("GET", origin + "/robots.txt", follow_redirects=True, timeout=self.cfg.timeout_s) as r:
+                    if r.status_code >= 500:
+                        text = "User-agent: *\nDisallow: /\n"
+                    elif r.status_code < 400:
+                        body = bytearray()
+                        async for chunk in r.aiter_bytes():
+                            body += chunk
+                            if len(body) >= ROBOTS_MAX_BYTES:  # what is past the cap is ignored, as Google does
+                                del body[ROBOTS_MAX_BYTES:]
+                                break
+                        text = body.decode(r.encoding or "utf-8", "replace")
                 self.stats["robots_fetched"] += 1
             except httpx.HTTPError:
                 text = "User-agent: *\nDisallow: /\n"

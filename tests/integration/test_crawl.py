@@ -72,6 +72,19 @@ def test_robots_disallow_and_crawl_delay(tmp_path):
     assert starts[-1] - starts[0] >= 3 * 0.3 - 0.03, gaps
 
 
+def test_robots_txt_is_read_and_stored_up_to_500_kib(tmp_path):
+    # rules before the cap apply; rules past it are ignored, as Google ignores them
+    padding = b"# " + b"x" * 1000 + b"\n"
+    robots = b"User-agent: *\nDisallow: /private\n" + padding * 1000 + b"Disallow: /late\n"
+    routes = {"/robots.txt": (200, {"Content-Type": "text/plain"}, robots), "/": html("home", ["/private/x", "/late"]),
+              "/private/x": html("x"), "/late": html("late")}
+    with Site(routes) as site:
+        crawl([], cfg(site), tmp_path)
+    assert site.hits["/private/x"] == 0 and site.hits["/late"] == 1
+    (stored,) = tmp_path.rglob("robots.json")
+    assert len(robots) > 1_000_000 and stored.stat().st_size < 520 * 1024
+
+
 def test_retries_on_503_and_honours_retry_after(tmp_path):
     calls = []
 
