@@ -31,6 +31,7 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
+from tasks.http_body import BodyDecodingError, BoundedBody, UnsupportedEncoding
 from tasks.pydoc_site import SEED as PYDOC_SEED
 from tasks.pydoc_site import serve_pydoc
 from tasks.orchestration import STAGE_CACHE, prefect_stage
@@ -326,15 +327,15 @@ class Crawler:
                     if r.status_code >= 500:
                         text = "User-agent: *\nDisallow: /\n"
                     elif r.status_code < 400:
+                        decoded = BoundedBody(r.headers.get("content-encoding"), ROBOTS_MAX_BYTES)  # past the cap: ignored, as Google does
                         body = bytearray()
-                        async for chunk in r.aiter_bytes():
-                            body += chunk
-                            if len(body) >= ROBOTS_MAX_BYTES:  # what is past the cap is ignored, as Google does
-                                del body[ROBOTS_MAX_BYTES:]
+                        async for chunk in r.aiter_raw():
+                            body += decoded.feed(chunk)
+                            if decoded.full:
                                 break
                         text = body.decode(r.encoding or "utf-8", "replace")
                 self.stats["robots_fetched"] += 1
-            except httpx.HTTPError:
+            except (httpx.HTTPError, UnsupportedEncoding, BodyDecodingError):
                 text = "User-agent: *\nDisallow: /\n"
             self.robots_cache[origin] = text
             self.robots_file.write_text(json.dumps(self.robots_cache))
@@ -387,14 +388,19 @@ class Crawler:
                             declared = int(r.headers.get("content-length") or 0)
                             if declared > cfg.max_bytes:
                                 return Outcome("skipped", reason="too_large", status=status)
+                            try:
+                                decoded = BoundedBody(r.headers.get("content-encoding"), cfg.max_bytes)
+                            except UnsupportedEncoding as e:
+                                return Outcome("skipped", reason=f"unsupported_encoding: {e}", status=status)
                             body = bytearray()
-                            truncated = False
-                            async for chunk in r.aiter_bytes():
-                                body += chunk
-                                if len(body) > cfg.max_bytes:
-                                    del body[cfg.max_bytes :]
-                                    truncated = True
-                                    break
+                            try:
+                                async for chunk in r.aiter_raw():
+                                    body += decoded.feed(chunk)
+                                    if decoded.full:
+                                        break
+                            except BodyDecodingError as e:
+                                return Outcome("failed", reason=f"decoding_error: {e}", status=status)
+                            truncated = decoded.full
                             req = r.request
                             page = Page(
                                 url=url,

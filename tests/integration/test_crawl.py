@@ -85,6 +85,49 @@ def test_robots_txt_is_read_and_stored_up_to_500_kib(tmp_path):
     assert len(robots) > 1_000_000 and stored.stat().st_size < 520 * 1024
 
 
+CRAWL_AND_REPORT_MEMORY = """
+import json, resource, sys
+from tasks.crawl import CrawlConfig, crawl
+cfg = CrawlConfig(seeds=[sys.argv[1]], allow_private_addresses=True, requests_per_second_per_host=1000, max_bytes=100_000,
+                  timeout_s=60, max_retries=0)
+from pathlib import Path
+stats = crawl([], cfg, Path(sys.argv[2]))
+print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "pages": stats["pages"]}))
+"""
+
+
+def test_compression_bombs_in_pages_and_robots_txt_are_cut_at_max_bytes_without_the_memory(tmp_path):
+    import gzip
+
+    import brotli
+
+    zeros = b"\0" * (256 << 20)
+    br, gzgz = brotli.compress(zeros, quality=1), gzip.compress(gzip.compress(zeros, 1))
+    del zeros
+    page = html("home", ["/br", "/gzgz"])[2]
+    bombs = {"/robots.txt": (200, {"Content-Type": "text/plain", "Content-Encoding": "br"}, br),
+             "/": (200, {"Content-Type": "text/html"}, page),
+             "/br": (200, {"Content-Type": "text/html", "Content-Encoding": "br"}, br),
+             "/gzgz": (200, {"Content-Type": "text/html", "Content-Encoding": "gzip, gzip"}, gzgz)}
+    plain = {"/": (200, {"Content-Type": "text/html"}, page), "/br": html("br"), "/gzgz": html("gzgz")}
+    runs = {}
+    for name, routes in (("plain", plain), ("bombs", bombs)):
+        with Site(routes) as site:
+            proc = subprocess.run([sys.executable, "-c", CRAWL_AND_REPORT_MEMORY, site.url + "/", str(tmp_path / name)], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs["bombs"]["pages"] == runs["plain"]["pages"] == 3
+    # 256 MiB decoded per bomb before; now each body stops at max_bytes
+    assert runs["bombs"]["maxrss_mb"] - runs["plain"]["maxrss_mb"] < 64, runs
+    records = stored(tmp_path / "bombs")
+    for path in ("/br", "/gzgz"):
+        record = records[f"{site.url}{path}"]
+        assert record["body"] == b"\0" * 100_000 and record["truncated"] == "length"
+    (robots,) = (tmp_path / "bombs").rglob("robots.json")
+    assert [len(text.encode()) for text in json.loads(robots.read_text()).values()] == [500 * 1024]  # of 256 MiB
+
+
 def test_retries_on_503_and_honours_retry_after(tmp_path):
     calls = []
 
