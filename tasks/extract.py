@@ -25,6 +25,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.executor import ExecutorConfig, current_executor, map_shards
+from tasks.http_body import BodyDecodingError, BoundedBody, UnsupportedEncoding
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
 from tasks.warc_ranges import describe, file_split_points, open_range, plan_shards
@@ -174,6 +175,35 @@ def extract_text(html: str, url: str, cfg: ExtractConfig) -> tuple[str, str]:
         signal.signal(signal.SIGALRM, old)
 
 
+def record_body(record, limit: int) -> tuple[bytes, bool]:
+    """A response record's payload decoded by its Content-Encoding under `limit` decoded bytes
+    (warcio would decode it whole: 1.4 KB of brotli make 512 MiB): (body, whether it is larger).
+    A payload that is not what its header says is taken as it is, as warcio does (crawlers
+    often store bodies already decoded)."""
+    from warcio.bufferedreaders import ChunkedDataReader
+
+    http = record.http_headers
+    raw = record.raw_stream
+    if (http.get_header("Transfer-Encoding") or "").lower() == "chunked":
+        raw = ChunkedDataReader(raw, decomp_type=None)
+    decoded = BoundedBody(http.get_header("Content-Encoding"), limit)
+    body = bytearray()
+    first = True
+    while not decoded.full:
+        chunk = raw.read(1 << 16)
+        if not chunk:
+            break
+        try:
+            body += decoded.feed(chunk)
+        except BodyDecodingError:
+            if not first:
+                raise
+            decoded = BoundedBody(None, limit)
+            body += decoded.feed(chunk)
+        first = False
+    return bytes(body), decoded.full
+
+
 def extract_warc(path: str, cfg: ExtractConfig, start: int = 0, end: int | None = None) -> tuple[list[dict], list[dict], int]:
     """Documents and quarantine rows of the records of a WARC file in [start, end) (the whole
     file by default; start must be a record's offset), and the number of HTML responses seen."""
@@ -212,7 +242,14 @@ def extract_warc(path: str, cfg: ExtractConfig, start: int = 0, end: int | None 
                 if length > cfg.max_html_bytes:
                     reject(url, rid, start + it.get_record_offset(), length, f"too_large: {length} bytes > {cfg.max_html_bytes}")
                     continue
-                body = record.content_stream().read()
+                try:
+                    body, over = record_body(record, cfg.max_html_bytes)
+                except (UnsupportedEncoding, BodyDecodingError) as e:
+                    reject(url, rid, start + it.get_record_offset(), length, f"{'unsupported_encoding' if isinstance(e, UnsupportedEncoding) else 'decoding_error'}: {e}"[:300])
+                    continue
+                if over:
+                    reject(url, rid, start + it.get_record_offset(), length, f"too_large: over {cfg.max_html_bytes} bytes decoded")
+                    continue
                 if getattr(record.raw_stream, "limit", 0) > 0:  # the file ended inside this record
                     raise EOFError(f"record of {url} cut off after {len(body)} bytes")
                 offset = start + it.get_record_offset()  # known once the record is read

@@ -25,12 +25,14 @@ from warcio.warcwriter import WARCWriter
 PYDOCS = Path("/usr/share/doc/python3.11/html")
 
 
-def write_warc(path: Path, pages: list[tuple[str, bytes, str]]) -> Path:
-    """A WARC (gzipped per record when the name ends .gz) with one response record per (url, body, content type)."""
+def write_warc(path: Path, pages: list[tuple]) -> Path:
+    """A WARC (gzipped per record when the name ends .gz) with one response record per (url, body,
+    content type) or (url, body, content type, {more HTTP headers})."""
     with open(path, "wb") as fh:
         writer = WARCWriter(fh, gzip=str(path).endswith(".gz"))
-        for url, body, ctype in pages:
-            headers = StatusAndHeaders("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body)))], protocol="HTTP/1.1")
+        for url, body, ctype, *more in pages:
+            fields = [("Content-Type", ctype), ("Content-Length", str(len(body))), *(more[0].items() if more else ())]
+            headers = StatusAndHeaders("200 OK", fields, protocol="HTTP/1.1")
             writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), length=len(body), http_headers=headers))
     return path
 

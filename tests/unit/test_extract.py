@@ -89,3 +89,30 @@ def test_the_page_timeout_cannot_be_swallowed_by_a_backends_catch_all(monkeypatc
     with pytest.raises(Quarantined, match="timeout"):
         extract.extract_text("<html></html>", "http://example.com/", ExtractConfig(timeout_s=0.2))
     assert time.monotonic() - started < 5
+
+
+def test_content_encoded_records_are_decoded_under_the_size_limit(tmp_path):
+    import brotli
+    import tracemalloc
+
+    (url, page, ctype), = python_doc_pages(1)
+    bomb = brotli.compress(b"\0" * (64 << 20), quality=1)
+    warc = write_warc(tmp_path / "encoded.warc.gz", [
+        ("http://enc.test/bomb", bomb, "text/html", {"Content-Encoding": "br"}),
+        ("http://enc.test/gzip", gzip.compress(page), ctype, {"Content-Encoding": "gzip"}),
+        ("http://enc.test/stored-decoded", page, ctype, {"Content-Encoding": "gzip"}),  # header kept, body already decoded
+        ("http://enc.test/compress", page, ctype, {"Content-Encoding": "compress"}),
+        (url, page, ctype),
+    ])
+    tracemalloc.start()
+    try:
+        docs, quarantine, _ = extract_warc(str(warc), ExtractConfig(max_html_bytes=1_000_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    reasons = {q["url"]: q["reason"] for q in quarantine}
+    assert reasons["http://enc.test/bomb"].startswith("too_large: over 1000000 bytes decoded")
+    assert reasons["http://enc.test/compress"].startswith("unsupported_encoding")
+    texts = {d["url"]: d["text"] for d in docs}
+    assert texts["http://enc.test/gzip"] == texts["http://enc.test/stored-decoded"] == texts[url]
+    assert peak < 40 * 1024 * 1024, peak  # the bomb decodes to 64 MiB
