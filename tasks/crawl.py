@@ -62,7 +62,8 @@ class CrawlConfig(BaseModel):
     requests_per_second_per_host: float = Field(2.0, gt=0)
     concurrency: int = Field(8, ge=1)
     per_host_concurrency: int = Field(2, ge=1)
-    timeout_s: float = Field(20.0, gt=0)
+    timeout_s: float = Field(20.0, gt=0, description="for each read of a response: connect, headers, each chunk")
+    deadline_s: float = Field(60.0, gt=0, description="for a whole request, headers and body: a server that drips bytes ends here")
     max_redirects: int = Field(5, ge=0)
     max_retries: int = Field(3, ge=0)
     backoff_base_s: float = Field(1.0, ge=0)
@@ -323,7 +324,8 @@ class Crawler:
         else:
             text = None
             try:
-                async with client.stream("GET", origin + "/robots.txt", follow_redirects=True, timeout=self.cfg.timeout_s) as r:
+                async with asyncio.timeout(self.cfg.deadline_s), \
+                        client.stream("GET", origin + "/robots.txt", follow_redirects=True, timeout=self.cfg.timeout_s) as r:
                     if r.status_code >= 500:
                         text = "User-agent: *\nDisallow: /\n"
                     elif r.status_code < 400:
@@ -335,7 +337,7 @@ class Crawler:
                                 break
                         text = body.decode(r.encoding or "utf-8", "replace")
                 self.stats["robots_fetched"] += 1
-            except (httpx.HTTPError, UnsupportedEncoding, BodyDecodingError):
+            except (httpx.HTTPError, UnsupportedEncoding, BodyDecodingError, TimeoutError):
                 text = "User-agent: *\nDisallow: /\n"
             self.robots_cache[origin] = text
             self.robots_file.write_text(json.dumps(self.robots_cache))
@@ -370,7 +372,7 @@ class Crawler:
                 self.stats["requests"] += 1
                 self.stats["conditional_requests"] += bool(conditional)
                 try:
-                    async with client.stream("GET", url, timeout=cfg.timeout_s, headers=conditional) as r:
+                    async with asyncio.timeout(cfg.deadline_s), client.stream("GET", url, timeout=cfg.timeout_s, headers=conditional) as r:
                         status = r.status_code
                         if status == 429 or status >= 500:
                             retry_after = retry_after_seconds(r.headers.get("retry-after"))
@@ -415,6 +417,8 @@ class Crawler:
                             return Outcome("page", page=page, status=status)
                 except (httpx.TransportError, httpx.TimeoutException) as e:
                     last = f"network_error: {type(e).__name__}"
+                except TimeoutError:
+                    last = f"deadline_exceeded: over {cfg.deadline_s:g}s"
             if attempt < cfg.max_retries:
                 self.stats["retries"] += 1
                 await asyncio.sleep(backoff_delay(attempt, cfg, retry_after))

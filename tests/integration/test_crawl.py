@@ -128,6 +128,48 @@ def test_compression_bombs_in_pages_and_robots_txt_are_cut_at_max_bytes_without_
     assert [len(text.encode()) for text in json.loads(robots.read_text()).values()] == [500 * 1024]  # of 256 MiB
 
 
+def test_a_server_that_drips_its_body_is_cut_off_by_the_request_deadline(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Drip(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            if self.path == "/robots.txt":
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(150):  # one byte every 0.2 s: each read is quick, the whole takes 30 s
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        started = time.monotonic()
+        stats = crawl([], CrawlConfig(seeds=[url], allow_private_addresses=True, timeout_s=1, deadline_s=1.5, max_retries=0), tmp_path)
+        took = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert stats["pages"] == 0
+    assert outcomes(tmp_path)[url.rstrip("/")]["reason"] == "deadline_exceeded: over 1.5s"
+    assert took < 15, took
+
+
 def test_retries_on_503_and_honours_retry_after(tmp_path):
     calls = []
 
