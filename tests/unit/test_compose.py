@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
+
 from tests.helpers import COMPOSE_FILE, compose_binary, compose_config
 
 ROOT = COMPOSE_FILE.parent
@@ -110,3 +112,22 @@ def test_the_s3_profile_adds_a_store_and_the_workers_use_it_when_env_says_so(tmp
     assert '--set "root=$LLMILL_ROOT"' in script and 'llmill results-storage "$LLMILL_RESULTS_URL"' in script
     assert "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=remote-file-system/llmill-results" in script
     assert "-e '.[s3]'" in (ROOT / "deploy" / "Dockerfile").read_text()
+
+
+def test_the_ui_is_published_on_this_machine_only(tmp_path):
+    ports = compose_config(tmp_path)["services"]["prefect-server"]["ports"]
+    assert [(p["host_ip"], p["published"], p["target"]) for p in ports] == [("127.0.0.1", "4200", 4200)]
+
+
+@pytest.mark.parametrize("auth", ["admin:change-me", "admin:", "", "no-password-at-all"])
+def test_the_worker_refuses_to_start_with_the_example_or_an_empty_password(auth):
+    env = {"PATH": "/usr/bin:/bin", "PREFECT_API_URL": "http://127.0.0.1:9/api", "PREFECT_API_AUTH_STRING": auth}
+    proc = subprocess.run(["sh", "deploy/worker.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2 and "refusing to start" in proc.stderr, (proc.returncode, proc.stderr[-500:])
+
+
+def test_the_worker_image_runs_as_a_user_of_its_own():
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r"chown \S+ /app/data /llmill/results", dockerfile)  # the volumes are writable by it
