@@ -251,8 +251,10 @@ class Crawler:
     """`previous`: the state.json of an earlier crawl. Its pages are fetched again with conditional
     requests (If-None-Match / If-Modified-Since), so unchanged pages cost one 304 and no storage."""
 
-    def __init__(self, cfg: CrawlConfig, seeds: list[str], out: Path, progress: Progress, previous: dict | None = None):
+    def __init__(self, cfg: CrawlConfig, seeds: list[str], out: Path, progress: Progress, previous: dict | None = None,
+                 trusted_origins: tuple[str, ...] = ()):
         self.cfg = cfg
+        self.trusted_origins = set(trusted_origins)  # servers this process started (builtin:pydoc): exempt from the address rule
         self.previous: dict[str, dict] = dict((previous or {}).get("urls", {}))
         self.previous_frontier: list[dict] = list((previous or {}).get("frontier", []))
         self.out = out
@@ -303,7 +305,7 @@ class Crawler:
             host.next_start = time.monotonic() + host.interval
 
     async def check_address(self, url: str) -> str | None:
-        if self.cfg.allow_private_addresses:
+        if self.cfg.allow_private_addresses or origin_of(url) in self.trusted_origins:
             return None
         host = self.host(url)
         if not host.checked:
@@ -602,8 +604,8 @@ def crawl(inputs: list[str], cfg: CrawlConfig, out: Path, progress: Progress = n
         raise ValueError("crawl takes no input datasets")
     if not cfg.seeds:
         raise ValueError("crawl.seeds is empty: give at least one URL or builtin:pydoc")
-    with _served_seeds(cfg, out) as seeds:
-        crawler = Crawler(cfg, seeds, out, progress)
+    with _served_seeds(cfg, out) as served:
+        crawler = Crawler(cfg, served.seeds, out, progress, trusted_origins=served.trusted)
         try:
             asyncio.run(crawler.run())
         finally:
@@ -618,8 +620,10 @@ class _served_seeds:
         self.cfg = cfg
         self.port_file = out / "state" / "pydoc_port"
         self.ctx = None
+        self.seeds: list[str] = list(cfg.seeds)
+        self.trusted: tuple[str, ...] = ()  # the origin of the server started here, which the address rule lets through
 
-    def __enter__(self) -> list[str]:
+    def __enter__(self) -> "_served_seeds":
         seeds = list(self.cfg.seeds)
         if PYDOC_SEED in seeds:
             # a resumed crawl serves on its first port, so its frontier's URLs stay valid
@@ -631,7 +635,9 @@ class _served_seeds:
             self.port_file.parent.mkdir(parents=True, exist_ok=True)
             self.port_file.write_text(str(int(base.rsplit(":", 1)[1].strip("/"))))
             seeds = [base if s == PYDOC_SEED else s for s in seeds]
-        return seeds
+            self.trusted = (origin_of(base),)
+        self.seeds = seeds
+        return self
 
     def __exit__(self, *exc):
         if self.ctx is not None:

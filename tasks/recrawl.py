@@ -59,8 +59,8 @@ def recrawl(inputs: list[str], cfg: RecrawlConfig, out: Path, progress: Progress
     if port_file.exists():  # builtin:pydoc serves again where the earlier crawl found it
         (out / "state").mkdir(parents=True, exist_ok=True)
         (out / "state" / "pydoc_port").write_text(port_file.read_text())
-    with _served_seeds(cfg.crawl, out) as seeds:
-        crawler = Crawler(cfg.crawl, seeds, out, progress, previous=state)
+    with _served_seeds(cfg.crawl, out) as served:
+        crawler = Crawler(cfg.crawl, served.seeds, out, progress, previous=state, trusted_origins=served.trusted)
         try:
             asyncio.run(crawler.run())
         finally:

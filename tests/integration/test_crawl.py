@@ -170,6 +170,12 @@ def test_a_server_that_drips_its_body_is_cut_off_by_the_request_deadline(tmp_pat
     assert took < 15, took
 
 
+def test_builtin_pydoc_is_crawled_without_allowing_private_addresses(tmp_path):
+    # the server the crawl starts itself is let through; any other private address is not
+    stats = crawl([], CrawlConfig(seeds=["builtin:pydoc"], max_pages=5, requests_per_second_per_host=200), tmp_path)
+    assert not CrawlConfig().allow_private_addresses and stats["pages"] >= 3, stats  # none before: all refused
+
+
 def test_retries_on_503_and_honours_retry_after(tmp_path):
     calls = []
 
