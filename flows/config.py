@@ -52,6 +52,7 @@ class LlmillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "demo"
+    overridable: list[str] = Field(default_factory=list, description="keys that reach files or the network (flows/locked.py) which a run started from a deployment may still change")
     root: str = Field("data", description="where every dataset is written: a local path, or an fsspec URL (s3://bucket/prefix; credentials from the environment)")
     executor: ExecutorConfig = ExecutorConfig()
     crawl: CrawlConfig = CrawlConfig()

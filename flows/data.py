@@ -7,6 +7,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.config import LlmillConfig
+from flows.locked import refuse_locked_changes
 from tasks.clean import clean_task
 from tasks.crawl import crawl_task
 from tasks.dedup import dedup_task
@@ -19,6 +20,7 @@ from tasks.store import resolve_root
 
 @flow(name="data", log_prints=True)
 def data_flow(config: LlmillConfig) -> dict:
+    refuse_locked_changes(config)
     root = resolve_root(config.root)
     raw = []
     if config.crawl.seeds:

@@ -8,6 +8,7 @@ import json
 from prefect import flow
 
 from flows.config import LlmillConfig
+from flows.locked import refuse_locked_changes
 from tasks.evaluate import evaluate_task
 from tasks.orchestration import call_stage
 from tasks.reports import headline_rows
@@ -19,6 +20,7 @@ def evaluate_flow(config: LlmillConfig, datasets: list[str] | None = None) -> st
     """`datasets`: the pretrain run, token shards and tokenizer, optionally the finetune run and
     its examples, and the data datasets for the data card (each known by its manifest). Empty =
     run the upstream flows first (from cache when they have run with this config)."""
+    refuse_locked_changes(config, datasets=datasets)
     if not datasets:
         from flows.data import data_flow
         from flows.finetune import finetune_flow

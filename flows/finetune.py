@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from flows.config import LlmillConfig
+from flows.locked import refuse_locked_changes
 from model.llama import ModelConfig
 from tasks.examples import examples_task
 from tasks.finetune import finetune_task
@@ -20,6 +21,7 @@ def finetune_flow(config: LlmillConfig, documents: str = "", tokenizer: str = ""
     """`documents`: the dedup dataset (labels derived from its URLs unless a file is given);
     `tokenizer` and `pretrain_run`: the pretrain flow's outputs. Empty = run those flows first
     (from cache when they have run with this config)."""
+    refuse_locked_changes(config, documents=documents, tokenizer=tokenizer, pretrain_run=pretrain_run)
     if not (documents and tokenizer and pretrain_run):
         from flows.data import data_flow
         from flows.pretrain import pretrain_flow

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.config import LlmillConfig
+from flows.locked import refuse_locked_changes
 from tasks.orchestration import call_stage
 from tasks.stage import load_manifest
 from tasks.pretrain import pretrain_task
@@ -18,6 +19,7 @@ from tasks.train_tokenizer import train_tokenizer_task
 def pretrain_flow(config: LlmillConfig, documents: str = "") -> dict:
     """`documents`: a dedup (or clean) dataset directory; empty = the data flow's `dedup` output
     (answered from cache when the data flow has run with this config)."""
+    refuse_locked_changes(config, documents=documents)
     if not documents:
         from flows.data import data_flow
 

@@ -17,6 +17,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.config import LlmillConfig
+from flows.locked import refuse_locked_changes
 from tasks.append_tokens import append_tokens_task
 from tasks.clean import clean_task
 from tasks.dedup import dedup_task
@@ -64,6 +65,7 @@ def refresh_time() -> str:
 @flow(name="data-refresh", log_prints=True)
 def data_refresh_flow(config: LlmillConfig, at: str = "") -> dict:
     """`at`: the refresh's time (ISO 8601); empty = this run's scheduled start time."""
+    refuse_locked_changes(config)
     if not config.crawl.seeds:
         raise ValueError("data-refresh re-crawls the crawl's pages: set crawl.seeds")
     from flows.data import data_flow

@@ -228,6 +228,18 @@ def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database, tin
             # the trainings' global concurrency limit exists, one slot
             limit = http.get(f"{api}/v2/concurrency_limits/llmill-accelerator").json()
             assert limit["limit"] == 1
+            # a run from the form that points the root elsewhere is refused before anything starts
+            hostile = {**found["data"]["parameters"]["config"], "root": str(tmp_path / "elsewhere")}
+            refused = http.post(f"{api}/deployments/{found['data']['id']}/create_flow_run", json={"parameters": {"config": hostile}}).json()
+
+            def failed():
+                state = http.get(f"{api}/flow_runs/{refused['id']}").json()["state"]
+                assert state["type"] != "COMPLETED", state
+                return state if state["type"] in ("FAILED", "CRASHED") else None
+
+            state = wait_for(failed, 120, "the refused run", step=1)
+            assert "fixes root" in (state["message"] or "") + serve_log.read_text(), (state, serve_log.read_text()[-2000:])
+            assert not (tmp_path / "elsewhere").exists()
             if database is None:  # the UI, once: it reads the same API whatever the database
                 ui_shows_the_run_and_its_report(api, env, http.get(f"{api}/flow_runs/{run['id']}").json(), report["id"], tmp_path)
         finally:
