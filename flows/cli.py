@@ -225,6 +225,25 @@ def gc(root: Optional[str] = typer.Argument(None, help="a data root: a path or s
     console.print(f"{len(found)} {'removed' if delete else 'unreferenced (pass --delete to remove)'}")
 
 
+@app.command()
+def verify(root: Optional[str] = typer.Argument(None, help="a data root: a path or s3://bucket/prefix (default: the config's root)"),
+           config: Optional[Path] = typer.Option(None, help="YAML config whose root to check")):
+    """Check every dataset's files against its manifest (size and SHA-256); exits 1 when any differ."""
+    from tasks import store
+    from tasks.verify import dataset_places, verify_dataset
+
+    root = store.resolve_root(root or _load(config, []).root)
+    places, bad = dataset_places(str(root)), 0
+    for place in places:
+        problems = verify_dataset(place)
+        bad += bool(problems)
+        for problem in problems:
+            console.print(f"[red]{problem}[/red]", soft_wrap=True)
+    console.print(f"{len(places)} datasets checked, {bad} with files that differ from their manifest")
+    if bad:
+        raise typer.Exit(1)
+
+
 @app.command("show-config")
 def show_config(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """Print the validated config tree, defaults filled in."""

@@ -86,6 +86,16 @@ def launch_command(spec_file: Path, spec: RunSpec, gpus: int | None = None, node
     return [*torchrun, *train], env
 
 
+def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_training(spec: RunSpec, on_event: Callable[[dict], None] | None = None, on_line: Callable[[str], None] | None = None) -> dict:
     """Run the trainer to completion, passing each JSON event line to `on_event`."""
     out = Path(spec.out)
@@ -96,19 +106,26 @@ def run_training(spec: RunSpec, on_event: Callable[[dict], None] | None = None, 
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
     tail: deque[str] = deque(maxlen=40)
+    # in this process's group, so killing the group of a run stops its training too; when only this
+    # process is interrupted (a task timeout), the launcher is stopped here (torchrun passes the
+    # SIGTERM on to its ranks) instead of training on, orphaned
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        tail.append(line)
-        if on_line:
-            on_line(line)
-        if line.startswith("{") and on_event:
-            try:
-                on_event(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    code = proc.wait()
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if on_line:
+                on_line(line)
+            if line.startswith("{") and on_event:
+                try:
+                    on_event(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+        code = proc.wait()
+    except BaseException:
+        stop(proc)
+        raise
     if code != 0:
         errors = [l for l in tail if l.startswith("error:")]
         raise TrainingFailed(errors[-1] if errors else f"training exited with {code}:\n" + "\n".join(tail))

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
+from formats.jsonl import cut_torn_tail, read_records
 from model.config import HeadConfig, TrainConfig, usable_cpus
 from model.data import step_slice
 from model.llama import ModelConfig, load_word_vectors, param_groups
@@ -339,9 +340,10 @@ def train(spec: RunSpec) -> dict:
         accelerator.print(f"resumed from {resumed_from} at step {step}")
     metrics_path = out / "metrics.jsonl"
     if main:
-        if metrics_path.exists():  # drop lines from after the checkpoint we resumed from
-            keep = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-            metrics_path.write_text("".join(k + "\n" for k in keep))
+        if metrics_path.exists():  # a line torn by the kill is cut; lines from after the checkpoint resumed from are dropped
+            cut_torn_tail(metrics_path)
+            keep = [r for r in read_records(metrics_path) if r["step"] <= step]
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
         (out / "model_config.json").write_text(mc.model_dump_json(indent=2))
     if trackers:
         accelerator.init_trackers("pretrain", config={"lr": tc.lr, "steps": tc.steps, "micro_batch_size": tc.micro_batch_size})

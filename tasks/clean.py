@@ -1,7 +1,8 @@
 """clean: normalize text, identify the language, filter for quality, redact PII.
 
-Every dropped document goes to dropped/ with the rule that dropped it, and the manifest
-counts documents per rule, so nothing leaves the corpus silently.
+Every dropped document goes to dropped/ with the rule that dropped it (its text as the rule saw
+it, PII redacted as in docs/), and the manifest counts documents per rule, so nothing leaves the
+corpus silently.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tasks.quality import (
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
 
-VERSION = 1
+VERSION = 2  # 2: dropped/ is redacted too
 
 CLEAN_SCHEMA = DOC_SCHEMA.append(pa.field("language", pa.string())).append(
     pa.field("language_score", pa.float32())
@@ -127,7 +128,8 @@ def clean_shard(args) -> dict:
         row = {**row, "language": info["language"], "language_score": info["language_score"]}
         if rule:
             rules[rule] += 1
-            dropped.append({**row, "rule": rule})  # the original text, to audit the rule
+            # the text the rule judged, to audit it, with PII redacted: dropped/ is kept and shared like docs/
+            dropped.append({**row, "text": redact(row["text"], cfg.pii)[0], "rule": rule})
         else:
             pii.update(info["pii"])
             kept.append({**row, "text": info["text"]})

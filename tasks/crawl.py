@@ -2,7 +2,8 @@
 
 Politeness: robots.txt (disallow, crawl-delay) fetched once per host, a per-host request
 interval and concurrency cap, bounded redirects, bounded bodies. Safety: private, loopback
-and link-local addresses are refused unless the config allows them.
+and link-local addresses are refused unless the config allows them, on every connection the
+client opens (tasks/net_guard.py): pages, redirect hops and robots.txt alike.
 
 Resumability: the crawl keeps an append-only journal beside its WARC files. A crawl killed
 mid-way restarts from the journal and the WARC files (the WARC is the truth for what was
@@ -12,16 +13,19 @@ stored; a torn last record is cut off), so no stored page is fetched twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import hashlib
 import io
 import json
 import random
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import httpx
 from prefect import task
@@ -31,7 +35,9 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
+from formats.jsonl import cut_torn_tail, read_records
 from tasks.http_body import BodyDecodingError, BoundedBody, UnsupportedEncoding
+from tasks.net_guard import AddressRefused, GuardedTransport
 from tasks.pydoc_site import SEED as PYDOC_SEED
 from tasks.pydoc_site import serve_pydoc
 from tasks.orchestration import STAGE_CACHE, prefect_stage
@@ -42,13 +48,13 @@ from tasks.urls import (
     looks_non_html,
     normalize_url,
     origin_of,
-    refuse_private,
 )
 
 VERSION = 1
 KEPT = ("page", "not_modified")  # outcomes that leave a page in the corpus
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 ROBOTS_MAX_BYTES = 500 * 1024  # of a robots.txt, what Google reads and what is stored
+DISALLOW_ALL = "User-agent: *\nDisallow: /\n"  # robots.txt unreachable or 5xx: keep out (RFC 9309)
 
 
 class CrawlConfig(BaseModel):
@@ -79,35 +85,60 @@ class CrawlConfig(BaseModel):
 # ---------------------------------------------------------------- crawl state on disk
 
 
+class StorageFailed(Exception):
+    """Writing the journal or a WARC file failed (disk full, ...): the crawl ends with it, since
+    going on would fetch pages it cannot keep or record."""
+
+
 class Journal:
-    """Append-only JSON lines: `seen` when a URL enters the frontier, `done` when settled."""
+    """Append-only JSON lines: `seen` when a URL enters the frontier, `done` when settled. A line
+    torn by a kill is cut before anything is appended (formats/jsonl.py)."""
 
     def __init__(self, path: Path):
         self.path = path
+        cut_torn_tail(path)
         self.fh = open(path, "a", encoding="utf-8")
 
     def write(self, **event) -> None:
-        self.fh.write(json.dumps(event, separators=(",", ":")) + "\n")
-        self.fh.flush()
+        try:
+            self.fh.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self.fh.flush()
+        except OSError as e:
+            raise StorageFailed(f"writing the crawl journal {self.path}: {e}") from e
 
     def close(self) -> None:
-        self.fh.close()
+        try:
+            self.fh.close()
+        except OSError:  # what the failed write left in the buffer: the next open cuts its torn line
+            pass
 
     @staticmethod
     def read(path: Path) -> list[dict]:
-        events = []
-        if not path.exists():
-            return events
-        for line in path.read_text(encoding="utf-8").splitlines():
+        cut_torn_tail(path)
+        return read_records(path)
+
+
+def torn_at(path: Path, offset: int) -> bool:
+    """Whether the bytes of `path` from `offset` are one gzip member cut short (what a kill
+    leaves: each WARC record is a member of its own), rather than damage followed by more."""
+    inflate = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while chunk := f.read(1 << 20):
             try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by a kill
-                break
-        return events
+                inflate.decompress(chunk, 1 << 20)
+                while inflate.unconsumed_tail:
+                    inflate.decompress(inflate.unconsumed_tail, 1 << 20)
+            except zlib.error:
+                return False
+            if inflate.eof:
+                return False  # a whole member that warcio could not read: damage, not a tear
+    return True
 
 
 def stored_urls(warc_dir: Path) -> set[str]:
-    """URLs of complete response records; a torn record at a file's end is cut off."""
+    """URLs of complete response records. A torn record at a file's end is cut off; any other
+    damage, and any read error, fails here with the file named, and nothing is cut."""
     urls: set[str] = set()
     for path in sorted(warc_dir.glob("*.warc.gz")):
         good_end = 0
@@ -115,19 +146,21 @@ def stored_urls(warc_dir: Path) -> set[str]:
             with open(path, "rb") as f:
                 it = ArchiveIterator(f)
                 for record in it:
-                    if record.rec_type == "response":
-                        url = record.rec_headers.get_header("WARC-Target-URI")
-                        record.content_stream().read()
-                    else:
-                        url = None
-                        record.content_stream().read()
+                    url = record.rec_headers.get_header("WARC-Target-URI") if record.rec_type == "response" else None
+                    record.content_stream().read()
                     it.read_to_end()
                     good_end = it.get_record_offset() + it.get_record_length()
                     if url:
                         urls.add(url)
-        except Exception:
-            pass
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - warcio and zlib raise many kinds on bad bytes
+            if not torn_at(path, good_end):
+                raise StorageFailed(f"{path}: damaged at byte {good_end} ({type(e).__name__}: {e}), not torn at its end; "
+                                    "move the file aside to resume without it") from e
         if good_end < path.stat().st_size:
+            if not torn_at(path, good_end):
+                raise StorageFailed(f"{path}: unreadable bytes from {good_end} that are not a torn last record")
             with open(path, "r+b") as f:
                 f.truncate(good_end)
     return urls
@@ -174,9 +207,12 @@ class WarcSink:
             warc_headers_dict=extra,
         )
         request.rec_headers.add_header("WARC-Concurrent-To", response.rec_headers.get_header("WARC-Record-ID"))
-        self.writer.write_record(response)
-        self.writer.write_record(request)
-        self.fh.flush()
+        try:
+            self.writer.write_record(response)
+            self.writer.write_record(request)
+            self.fh.flush()
+        except OSError as e:
+            raise StorageFailed(f"writing {self.path}: {e}") from e
         name = self.path.name
         if self.fh.tell() >= self.max_bytes:
             self.close()
@@ -184,8 +220,11 @@ class WarcSink:
 
     def close(self) -> None:
         if self.fh is not None:
-            self.fh.close()
-            self.fh = None
+            fh, self.fh = self.fh, None
+            try:
+                fh.close()
+            except OSError:  # after a failed write: a resume cuts the torn record
+                pass
 
 
 # ---------------------------------------------------------------- fetching
@@ -221,8 +260,7 @@ class Host:
     next_start: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     slots: asyncio.Semaphore | None = None
-    refusal: str | None = None
-    checked: bool = False
+    refusal: str | None = None  # the address rule refused the host itself
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -304,15 +342,6 @@ class Crawler:
                 await asyncio.sleep(host.next_start - now)
             host.next_start = time.monotonic() + host.interval
 
-    async def check_address(self, url: str) -> str | None:
-        if self.cfg.allow_private_addresses or origin_of(url) in self.trusted_origins:
-            return None
-        host = self.host(url)
-        if not host.checked:
-            host.refusal = await refuse_private(url)
-            host.checked = True
-        return host.refusal
-
     async def robots_for(self, client: httpx.AsyncClient, url: str) -> Protego | None:
         """Fetched once per host; 4xx means no rules, 5xx or unreachable means keep out (RFC 9309)."""
         origin = origin_of(url)
@@ -326,23 +355,16 @@ class Crawler:
         else:
             text = None
             try:
-                async with asyncio.timeout(self.cfg.deadline_s), \
-                        client.stream("GET", origin + "/robots.txt", follow_redirects=True, timeout=self.cfg.timeout_s) as r:
-                    if r.status_code >= 500:
-                        text = "User-agent: *\nDisallow: /\n"
-                    elif r.status_code < 400:
-                        decoded = BoundedBody(r.headers.get("content-encoding"), ROBOTS_MAX_BYTES)  # past the cap: ignored, as Google does
-                        body = bytearray()
-                        async for chunk in r.aiter_raw():
-                            body += decoded.feed(chunk)
-                            if decoded.full:
-                                break
-                        text = body.decode(r.encoding or "utf-8", "replace")
+                async with asyncio.timeout(self.cfg.deadline_s):
+                    text = await self.fetch_robots(client, origin)
                 self.stats["robots_fetched"] += 1
+            except AddressRefused as e:
+                host.refusal = e.reason  # the host itself: its pages are refused too, nothing cached
             except (httpx.HTTPError, UnsupportedEncoding, BodyDecodingError, TimeoutError):
-                text = "User-agent: *\nDisallow: /\n"
-            self.robots_cache[origin] = text
-            self.robots_file.write_text(json.dumps(self.robots_cache))
+                text = DISALLOW_ALL
+            if host.refusal is None:
+                self.robots_cache[origin] = text
+                self.robots_file.write_text(json.dumps(self.robots_cache))
         if text is not None:
             host.robots = Protego.parse(text)
             delay = host.robots.crawl_delay(self.cfg.user_agent)
@@ -350,6 +372,37 @@ class Crawler:
                 host.interval = max(host.interval, float(delay))
         host.robots_ready.set()
         return host.robots
+
+    async def fetch_robots(self, client: httpx.AsyncClient, origin: str) -> str | None:
+        """robots.txt with up to 5 redirects (RFC 9309), each hop a connection of its own under the
+        address rule. A hop to a refused address keeps the crawler out of the whole host; only
+        the first hop's refusal is the host's own (AddressRefused propagates)."""
+        url = origin + "/robots.txt"
+        for hop in range(6):
+            try:
+                async with client.stream("GET", url, timeout=self.cfg.timeout_s) as r:
+                    if r.status_code >= 500:
+                        return DISALLOW_ALL
+                    if 300 <= r.status_code < 400:
+                        url = normalize_url(r.headers.get("location") or "", url)
+                        if url is None:
+                            return None  # a redirect off http(s): as an unavailable robots.txt
+                        continue
+                    if r.status_code >= 400:
+                        return None
+                    decoded = BoundedBody(r.headers.get("content-encoding"), ROBOTS_MAX_BYTES)  # past the cap: ignored, as Google does
+                    body = bytearray()
+                    async for chunk in r.aiter_raw():
+                        body += decoded.feed(chunk)
+                        if decoded.full:
+                            break
+                    return body.decode(r.encoding or "utf-8", "replace")
+            except AddressRefused:
+                if hop == 0:
+                    raise
+                self.stats["robots_redirect_refused"] += 1
+                return DISALLOW_ALL
+        return None  # past 5 redirects: as unavailable (RFC 9309)
 
     def validators(self, url: str) -> dict[str, str]:
         """Conditional-request headers for a page an earlier crawl stored."""
@@ -417,6 +470,8 @@ class Crawler:
                                 path_query=req.url.raw_path.decode("ascii", "replace"),
                             )
                             return Outcome("page", page=page, status=status)
+                except AddressRefused as e:
+                    return Outcome("skipped", reason=e.reason)
                 except (httpx.TransportError, httpx.TimeoutException) as e:
                     last = f"network_error: {type(e).__name__}"
                 except TimeoutError:
@@ -432,10 +487,10 @@ class Crawler:
         while True:
             if not in_allowed_domains(current, self.allowed):
                 return self.settle(url, "skipped", "outside_allowed_domains")
-            refusal = await self.check_address(current)
+            robots = await self.robots_for(client, current)
+            refusal = self.host(current).refusal
             if refusal:
                 return self.settle(url, "skipped", refusal)
-            robots = await self.robots_for(client, current)
             if robots is not None and not robots.can_fetch(current, self.cfg.user_agent):
                 return self.settle(url, "skipped", "robots_disallowed")
             outcome = await self.fetch(client, current)
@@ -524,17 +579,26 @@ class Crawler:
                         await self.visit(client, url, depth, queue)
                     finally:
                         inflight -= 1
+                except StorageFailed:
+                    raise  # ends this worker, and run() ends the crawl with it
                 except Exception as e:  # one bad page never stops the crawl
                     self.settle(url, "failed", f"error: {type(e).__name__}: {e}")
                 finally:
                     queue.task_done()
 
-        async with httpx.AsyncClient(headers=headers, limits=limits, follow_redirects=False) as client:
+        trusted = {(p.hostname or "", p.port or (443 if p.scheme == "https" else 80)) for p in map(urlsplit, self.trusted_origins)}
+        transport = GuardedTransport(limits, trusted, allow_private=self.cfg.allow_private_addresses)
+        async with httpx.AsyncClient(headers=headers, limits=limits, follow_redirects=False, transport=transport) as client:
             workers = [asyncio.create_task(worker()) for _ in range(self.cfg.concurrency)]
-            await queue.join()
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            joined = asyncio.create_task(queue.join())
+            # a worker only ever returns by raising: the first one that does ends the crawl
+            done, _ = await asyncio.wait([joined, *workers], return_when=asyncio.FIRST_COMPLETED)
+            for t in (joined, *workers):
+                t.cancel()
+            await asyncio.gather(joined, *workers, return_exceptions=True)
+            failed = next((t for t in workers if t in done and not t.cancelled() and t.exception()), None)
+            if failed is not None:
+                raise failed.exception()
 
     def close(self) -> dict:
         self.sink.close()
@@ -605,12 +669,19 @@ def crawl(inputs: list[str], cfg: CrawlConfig, out: Path, progress: Progress = n
     if not cfg.seeds:
         raise ValueError("crawl.seeds is empty: give at least one URL or builtin:pydoc")
     with _served_seeds(cfg, out) as served:
-        crawler = Crawler(cfg, served.seeds, out, progress, trusted_origins=served.trusted)
-        try:
-            asyncio.run(crawler.run())
-        finally:
-            stats = crawler.close()
-    return stats
+        return run_to_end(Crawler(cfg, served.seeds, out, progress, trusted_origins=served.trusted))
+
+
+def run_to_end(crawler: Crawler) -> dict:
+    """Run a crawl and close it (WARC, journal, state.json); returns its stats. When the crawl
+    fails, its error is the one raised, even where closing fails too (a full disk)."""
+    try:
+        asyncio.run(crawler.run())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            crawler.close()
+        raise
+    return crawler.close()
 
 
 class _served_seeds:

@@ -127,10 +127,16 @@ class Child:
     def alive(self) -> bool:
         return self.proc.is_alive()
 
-    def call(self, fn: Callable, args: Any) -> Any:
-        """fn(args) in the child; its exceptions re-raised here, its death as ShardCrashed."""
+    def call(self, fn: Callable, args: Any, deadline_s: float | None = None) -> Any:
+        """fn(args) in the child; its exceptions re-raised here, its death as ShardCrashed. Past
+        `deadline_s` the child is killed: a hard bound that no code in it can catch or block
+        (a parser stuck in C, a library that swallows the per-page timeout)."""
         try:
             self.conn.send((fn, args))
+            if deadline_s is not None and not self.conn.poll(deadline_s):
+                self.proc.kill()
+                self.proc.join()
+                raise ShardCrashed(f"the shard ran past its deadline of {deadline_s:g} s and its process was killed")
             message = self.conn.recv()
         except (EOFError, OSError):
             self.proc.join(timeout=10)
@@ -154,15 +160,16 @@ _kept: list[Child] = []  # the local pool's idle children, kept for the next sta
 _kept_lock = threading.Lock()
 
 
-def run_shard(fn: Callable, args: Any, preload: tuple[str, ...], on_crash: Callable | None, child: Child | None = None) -> Any:
+def run_shard(fn: Callable, args: Any, preload: tuple[str, ...], on_crash: Callable | None, child: Child | None = None,
+              deadline_s: float | None = None) -> Any:
     """What each engine runs for one shard: fn in a child process (the given one, else this
-    thread's), and the stage's answer to a crash of that child."""
+    thread's), and the stage's answer to a crash of that child or to its deadline."""
     if child is None:
         child = getattr(_thread_child, "child", None)
         if child is None or not child.alive():
             child = _thread_child.child = Child(preload)
     try:
-        return child.call(fn, args)
+        return child.call(fn, args, deadline_s)
     except ShardCrashed as e:
         if on_crash is None:
             raise
@@ -184,9 +191,11 @@ def map_shards(
     progress: Progress = no_progress,
     workers: int = 0,
     on_crash: Callable | None = None,
+    deadline_s: float | None = None,
 ) -> tuple[list, int]:
     """Run fn over `jobs` [(label, args)] on the current executor; results in job order and the
-    number of shards run now (the others were finished by an earlier attempt).
+    number of shards run now (the others were finished by an earlier attempt). A shard still
+    running after `deadline_s` is killed and goes to on_crash (or fails) like a crashed one.
 
     fn and on_crash are module-level functions (they travel by reference to processes and
     workers); results must be JSON values, since each is kept in the shard's marker."""
@@ -218,9 +227,9 @@ def map_shards(
         progress(done, len(jobs))
 
     if cfg.kind == "dask":
-        failures = _map_dask(cfg, fn, [(i, jobs[i][1]) for i in todo], tuple(preload), out, on_crash, finished)
+        failures = _map_dask(cfg, fn, [(i, jobs[i][1]) for i in todo], tuple(preload), out, on_crash, finished, deadline_s)
     else:
-        failures = _map_local(cfg, fn, [(i, jobs[i][1]) for i in todo], tuple(preload), workers, on_crash, finished)
+        failures = _map_local(cfg, fn, [(i, jobs[i][1]) for i in todo], tuple(preload), workers, on_crash, finished, deadline_s)
     if failures:
         i, error = failures[0]
         more = f" (and {len(failures) - 1} more shards)" if len(failures) > 1 else ""
@@ -231,7 +240,7 @@ def map_shards(
     return results, len(todo)
 
 
-def _map_local(cfg, fn, todo, preload, workers, on_crash, finished) -> list[tuple[int, str]]:
+def _map_local(cfg, fn, todo, preload, workers, on_crash, finished, deadline_s=None) -> list[tuple[int, str]]:
     """Threads that each drive one child process: as many at once as there are workers."""
     workers = min(workers or usable_cpus(), len(todo)) or 1
     failures = []
@@ -247,7 +256,7 @@ def _map_local(cfg, fn, todo, preload, workers, on_crash, finished) -> list[tupl
                 if child is None or not child.alive():
                     child = Child(preload)
                 try:
-                    return run_shard(fn, args, preload, on_crash, child)
+                    return run_shard(fn, args, preload, on_crash, child, deadline_s)
                 except Exception:  # retried, then reported with the shard
                     if not tries_left:
                         raise
@@ -325,7 +334,7 @@ def require_shared_directory(client, out: Path) -> None:
         )
 
 
-def _map_dask(cfg, fn, todo, preload, out, on_crash, finished) -> list[tuple[int, str]]:
+def _map_dask(cfg, fn, todo, preload, out, on_crash, finished, deadline_s=None) -> list[tuple[int, str]]:
     from distributed import as_completed as dask_completed
 
     if not todo:
@@ -335,7 +344,7 @@ def _map_dask(cfg, fn, todo, preload, out, on_crash, finished) -> list[tuple[int
         require_shared_directory(client, out)
         token = os.urandom(4).hex()
         futures = {
-            client.submit(run_shard, fn, args, preload, on_crash, key=f"{fn.__module__}.{fn.__name__}-{i}-{token}",
+            client.submit(run_shard, fn, args, preload, on_crash, None, deadline_s, key=f"{fn.__module__}.{fn.__name__}-{i}-{token}",
                           retries=cfg.retries, pure=False): i
             for i, args in todo
         }

@@ -66,6 +66,7 @@ class ExtractConfig(BaseModel):
     backend: Literal["trafilatura", "resiliparse"] = "trafilatura"
     max_html_bytes: int = Field(10_000_000, ge=1, description="larger pages are quarantined")
     timeout_s: float = Field(30.0, gt=0, description="per page")
+    shard_deadline_s: float = Field(3600.0, gt=0, description="a shard still running after this is killed and its records quarantined")
     include_tables: bool = True
     favor_precision: bool = False
     fast: bool = Field(True, description="trafilatura without its fallback extractors: about 1.3x faster, same text on 119 of 120 Python docs pages")
@@ -352,7 +353,8 @@ def extract_shard(args) -> dict:
 
 
 def quarantine_crashed_shard(args, reason: str) -> dict:
-    """The shard's process died (a parser crash): its records are quarantined, the stage goes on."""
+    """The shard's process died (a parser crash) or was killed at its deadline: its records are
+    quarantined, the stage goes on."""
     ranges, _, docs_out, q_out, *_ = args
     rows = [{"url": "", "warc_file": Path(r[0]).name, "warc_record_id": "", "offset": r[1], "bytes": r[2] - r[1],
              "reason": f"crashed: {reason}"[:300]} for r in ranges]
@@ -395,7 +397,7 @@ def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress
         for i, ranges in enumerate(shards)
     ]
     results, ran = map_shards(extract_shard, jobs, out, PRELOAD, progress,
-                              workers=cfg.workers, on_crash=quarantine_crashed_shard)
+                              workers=cfg.workers, on_crash=quarantine_crashed_shard, deadline_s=cfg.shard_deadline_s)
     reasons: dict[str, int] = {}
     for qf in sorted((out / "quarantine").glob("*.parquet")):
         for r in pq.read_table(qf, columns=["reason"]).column("reason").to_pylist():

@@ -10,8 +10,8 @@
   manifest does not name: a killed writer's files, or the loser's of two racing writers; and
   the `resume/` checkpoints of a run whose dataset is committed. (A run's `resume/` without a
   manifest is its progress: the rerun continues from it.)
-- On a local disk: `<key>.partial/` directories and stale `<key>.lock` files of runs that are not
-  running now (a running one holds its lock; a killed resumable run's partial directory is its
+- On a local disk: `<key>.partial/` directories and stale `<key>.lock` files (neither partial nor
+  dataset beside them) of runs that are not running now (a running one holds its lock; a killed resumable run's partial directory is its
   progress, so it is listed, and kept unless --delete is given).
 """
 
@@ -23,7 +23,8 @@ import shutil
 from pathlib import Path
 
 from tasks import store
-from tasks.stage import MANIFEST, load_manifest
+from tasks.stage import MANIFEST, StageLock, load_manifest
+from tasks.verify import dataset_places
 
 
 def garbage(root: str | Path) -> list[str]:
@@ -36,7 +37,7 @@ def garbage(root: str | Path) -> list[str]:
 def superseded(root: str) -> list[str]:
     """Datasets under `root` that nothing newer reads (the module docstring's rule)."""
     manifests = {}
-    for place in _dataset_places(root):
+    for place in dataset_places(root):
         try:
             manifests[place] = load_manifest(place)
         except (OSError, ValueError):  # a damaged manifest is not this tool's to judge
@@ -65,14 +66,6 @@ def superseded(root: str) -> list[str]:
     return [str(p) for p in gone]
 
 
-def _dataset_places(root: str) -> list:
-    if store.is_url(root):
-        fs, base = store.filesystem(root)
-        found = fs.glob(f"{base}/*/*/{MANIFEST}")
-        return [f"{root}/{p[len(base):].lstrip('/').rsplit('/', 1)[0]}" for p in found]
-    return [p.parent for p in Path(root).glob(f"*/*/{MANIFEST}") if not p.parent.name.endswith(".partial")]
-
-
 def _named_by_refresh(root: str) -> set[str]:
     """Every string in the data-refresh version lists: the datasets of each version."""
     if store.is_url(root):
@@ -99,6 +92,10 @@ def delete(paths: list[str]) -> None:
         if store.is_url(path):
             fs, p = store.filesystem(path)
             fs.rm(p, recursive=True)
+        elif path.endswith(".partial"):  # under its lock: a run that starts now waits, or finds it gone
+            StageLock.remove_if_free(Path(path.removesuffix(".partial") + ".lock"), also=Path(path))
+        elif path.endswith(".lock"):
+            StageLock.remove_if_free(Path(path))
         elif Path(path).is_dir():
             shutil.rmtree(path)
         else:
@@ -127,8 +124,9 @@ def _local_garbage(root: Path) -> list[str]:
         lock = partial.with_name(partial.name.removesuffix(".partial") + ".lock")
         if not _held(lock):
             found.append(str(partial))
-    for lock in root.glob("*/*.lock"):
-        if not lock.with_name(lock.name.removesuffix(".lock") + ".partial").exists() and not _held(lock):
+    for lock in root.glob("*/*.lock"):  # a finished dataset keeps its (empty) lock file: tasks/stage.py says why
+        key = lock.name.removesuffix(".lock")
+        if not lock.with_name(key + ".partial").exists() and not lock.with_name(key).exists() and not _held(lock):
             found.append(str(lock))
     return found
 

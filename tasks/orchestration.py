@@ -117,14 +117,41 @@ def prefect_stage(stage: str, version: int, fn: StageFn, inputs: list[str], cfg:
 ACCELERATOR_LIMIT = "llmill-accelerator"
 
 
+ACCELERATOR_WAIT_S = 7 * 24 * 3600.0  # a training queues behind another for as long as that one trains
+
+
 @contextmanager
 def accelerator_slot():
     """Hold a slot of the `llmill-accelerator` global concurrency limit while training, so two
-    trainings never share the machine's accelerator (a no-op where the limit is not defined)."""
+    trainings never share the machine's accelerator. Where the server defines no such limit (an
+    embedded run's temporary server, a server nobody ran `llmill deploy` against), a file lock
+    in the node's cache directory stands in for it: trainings on one machine still queue."""
     from prefect.concurrency.sync import concurrency
 
-    with concurrency(ACCELERATOR_LIMIT, occupy=1):
+    if _limit_defined():
+        with concurrency(ACCELERATOR_LIMIT, occupy=1, strict=True):
+            yield
+        return
+    from tasks.stage import StageLock
+    from tasks.store import cache_dir
+
+    with StageLock(cache_dir() / "accelerator.lock", wait_s=ACCELERATOR_WAIT_S, what="the accelerator (another training holds it)"):
         yield
+
+
+def _limit_defined() -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # the embedded server of this process: nothing is defined there
+        return False
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(ACCELERATOR_LIMIT)
+            return True
+        except ObjectNotFound:
+            return False
 
 
 def call_stage(task, inputs: list[str], cfg: BaseModel, root: str, executor: ExecutorConfig | None = None) -> str:
@@ -133,7 +160,27 @@ def call_stage(task, inputs: list[str], cfg: BaseModel, root: str, executor: Exe
     sharded = "executor" in inspect.signature(task.fn).parameters
     layout = source_layout(task.fn.__module__, cfg, executor_layout(task.fn.__module__, executor) if sharded else None)
     out = stage_dir(root, task.name, _stage_version(task), cfg, inputs, layout)
+    task = task.with_options(timeout_seconds=backstop_seconds(task.name, cfg))
     if not is_dataset(out):
         task = task.with_options(refresh_cache=True)
     return task(inputs, cfg, root, executor) if sharded else task(inputs, cfg, root)
+
+
+DATA_STAGE_BACKSTOP_S = 24 * 3600.0
+TRAINING_SECONDS_PER_STEP = 120.0  # generous for one optimizer step of the presets on a CPU; a GPU step takes well under 1 s
+
+
+def backstop_seconds(stage: str, cfg: BaseModel) -> float:
+    """A task's timeout_seconds: far past what its config can legitimately take, so a hang ends
+    (and the task's retry resumes from what was kept) instead of holding a worker forever.
+    crawl: the slowest polite crawl (one host at its rate) plus every request running to its
+    deadline; training: a bound per step; other stages: a day."""
+    crawl = getattr(cfg, "crawl", cfg) if stage in ("crawl", "recrawl") else None
+    if crawl is not None:
+        polite = crawl.max_pages / crawl.requests_per_second_per_host
+        stalled = crawl.max_pages * (crawl.max_retries + 1) * crawl.deadline_s / crawl.concurrency
+        return 600 + 2 * polite + stalled
+    if stage in ("pretrain", "finetune"):
+        return 3600 + cfg.train.steps * TRAINING_SECONDS_PER_STEP
+    return DATA_STAGE_BACKSTOP_S
 

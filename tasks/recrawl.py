@@ -8,7 +8,6 @@ added, replaced or retired, so the stages after it work on those pages only.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.crawl import KEPT, Crawler, CrawlConfig, _served_seeds
+from tasks.crawl import KEPT, Crawler, CrawlConfig, _served_seeds, run_to_end
 from tasks.extract import doc_id
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
@@ -61,10 +60,7 @@ def recrawl(inputs: list[str], cfg: RecrawlConfig, out: Path, progress: Progress
         (out / "state" / "pydoc_port").write_text(port_file.read_text())
     with _served_seeds(cfg.crawl, out) as served:
         crawler = Crawler(cfg.crawl, served.seeds, out, progress, previous=state, trusted_origins=served.trusted)
-        try:
-            asyncio.run(crawler.run())
-        finally:
-            stats = crawler.close()
+        stats = run_to_end(crawler)
     changes = classify(state["urls"], crawler.done)
     pq.write_table(pa.Table.from_pylist(changes, CHANGES_SCHEMA), out / "changes.parquet")
     counts = {kind: sum(1 for c in changes if c["change"] == kind) for kind in ("new", "changed", "gone")}

@@ -156,9 +156,28 @@ def _parquet_rows(path: Path) -> int | None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the directory: after a crash the file is the old or the new
+    one, whole, never empty (a rename can reach the disk before the data it names)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 class Progress(Protocol):
@@ -172,27 +191,76 @@ def no_progress(done: int, total: int) -> None:
 StageFn = Callable[[list[str], Any, Path, Progress], dict]
 
 
-class StageLock:
-    """An exclusive lock on a partial directory: two runs never write the same dataset."""
+LOCK_WAIT_S = float(os.environ.get("LLMILL_STAGE_LOCK_WAIT_S", 3600))
 
-    def __init__(self, path: Path):
+
+class StageLock:
+    """An exclusive lock on a partial directory: two runs never write the same dataset.
+
+    A second run waits for the first (a scheduled refresh that meets a manual run), up to
+    `wait_s`, saying so once, and then finds the finished dataset. The lock file is never
+    unlinked by its holder: unlinking after unlocking let a run that was waiting on the old file
+    and a run that created a new one both hold "the" lock. What removes a lock file (llmill gc,
+    remove_if_free) holds it while it does, and a run that acquires checks that the file it
+    locked is still the one at the path, trying again if not.
+    """
+
+    def __init__(self, path: Path, wait_s: float | None = None, poll_s: float = 0.2, what: str | None = None):
         self.path = path
+        self.what = what or f"another run writing {path.parent}"
+        self.wait_s = LOCK_WAIT_S if wait_s is None else wait_s
+        self.poll_s = poll_s
 
     def __enter__(self):
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "w")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            raise RuntimeError(f"another run is writing {self.path.parent}; wait for it to finish") from None
-        return self
+        started, said = time.monotonic(), False
+        while True:
+            fh = open(self.path, "a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                waited = time.monotonic() - started
+                if waited >= self.wait_s:
+                    raise RuntimeError(f"waited {waited:.0f} s for {self.what} ({self.path}; LLMILL_STAGE_LOCK_WAIT_S), "
+                                       "try again when it has finished") from None
+                if not said:
+                    print(f"waiting for {self.what} (up to {self.wait_s:.0f} s)", flush=True)
+                    said = True
+                time.sleep(self.poll_s)
+                continue
+            try:
+                same = os.fstat(fh.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fh = fh
+                return self
+            fh.close()  # removed (and maybe recreated) while this run waited: lock the file that is there now
 
     def __exit__(self, *exc):
-        self.fh.close()
-        self.path.unlink(missing_ok=True)
+        self.fh.close()  # closing releases the lock; the file stays (see the class docstring)
+
+    @staticmethod
+    def remove_if_free(path: Path, also: Path | None = None) -> bool:
+        """Remove a lock file (and `also`, its partial directory) unless a run holds it; True when removed."""
+        import fcntl
+
+        try:
+            fh = open(path, "a+")
+        except FileNotFoundError:
+            return False
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            if also is not None and also.exists():
+                shutil.rmtree(also)
+            path.unlink(missing_ok=True)
+            return True
 
 
 def run_stage(
@@ -215,8 +283,10 @@ def run_stage(
     Top-level hidden directories of the partial directory (shard markers, scratch files) are
     working state: removed before the manifest is written.
     """
+    from tasks.verify import input_sizes_match
+
     for p in inputs:
-        load_manifest(p)  # fail early and clearly on a missing input
+        input_sizes_match(p)  # fail early and clearly on a missing, truncated or replaced input
     out = stage_dir(root, stage, version, cfg, inputs, source_layout(fn.__module__, cfg, layout))
     if is_dataset(out):
         return out
@@ -254,6 +324,7 @@ def run_stage(
         for f in sorted(p for p in partial.rglob("*") if p.is_file() and p.name != MANIFEST):
             if f.name.startswith("."):
                 continue
+            fsync_file(f)  # on disk before the manifest that lists it
             files.append(
                 FileEntry(
                     path=str(f.relative_to(partial)),
@@ -279,7 +350,10 @@ def run_stage(
             write_atomic(partial / MANIFEST, manifest.model_dump_json(indent=2).encode())
             if out.exists():  # a stale directory without a manifest
                 shutil.rmtree(out)
+            for d in {f.parent for f in partial.rglob("*") if f.is_file()}:
+                fsync_dir(d)
             os.replace(partial, out)
+            fsync_dir(out.parent)
     return out
 
 

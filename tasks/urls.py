@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -80,28 +79,9 @@ def is_public_address(addr: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-async def resolve_addresses(host: str, port: int) -> list[str]:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({info[4][0] for info in infos})
-
-
-async def refuse_private(url: str) -> str | None:
-    """The reason to refuse `url`, when its host resolves to a private, loopback, link-local
-    (cloud metadata) or otherwise non-public address; None when every address is public."""
-    p = urlsplit(url)
-    try:
-        addresses = await resolve_addresses(p.hostname or "", p.port or (443 if p.scheme == "https" else 80))
-    except OSError as e:
-        return f"dns_error: {e}"
-    private = [a for a in addresses if not is_public_address(a)]
-    if private:
-        return f"private_address: {p.hostname} resolves to {', '.join(private)}"
-    return None
-
-
 def private_address_reason(url: str) -> str | None:
-    """refuse_private for callers outside an event loop (ingest's sources): the same rule."""
+    """The reason to refuse `url` when its host resolves to a non-public address (ingest's sources,
+    checked when listed; tasks/net_guard.py checks each connection)."""
     p = urlsplit(url)
     try:
         infos = socket.getaddrinfo(p.hostname or "", p.port or (443 if p.scheme == "https" else 80), type=socket.SOCK_STREAM)

@@ -167,6 +167,16 @@ def dask_cluster(tmp_path_factory):
         yield cluster
 
 
+@pytest.fixture(params=["local", pytest.param("dask", marks=pytest.mark.dask_cluster)])
+def engine(request):
+    """Each shard executor in turn: the local pool, and the session's Dask cluster; one retry."""
+    from tasks.executor import ExecutorConfig
+
+    if request.param == "local":
+        return ExecutorConfig(retries=1)
+    return ExecutorConfig(kind="dask", address=request.getfixturevalue("dask_cluster").address, retries=1)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 API (moto's server mode) on 127.0.0.1 for the session."""

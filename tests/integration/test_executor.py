@@ -34,13 +34,6 @@ def quarantined(i, reason):
     return {"i": i, "crashed": reason}
 
 
-@pytest.fixture(params=["local", pytest.param("dask", marks=pytest.mark.dask_cluster)])
-def engine(request) -> ExecutorConfig:
-    if request.param == "local":
-        return ExecutorConfig(retries=1)
-    return ExecutorConfig(kind="dask", address=request.getfixturevalue("dask_cluster").address, retries=1)
-
-
 def test_a_failed_shard_is_named_and_a_rerun_runs_only_it(engine, tmp_path):
     flag = tmp_path / "flag"
     flag.touch()

@@ -92,9 +92,12 @@ def test_exact_resume_after_sigkill(data, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "final").exists()
+    with open(killed / "metrics.jsonl", "a") as f:
+        f.write('{"step": 21, "lo')  # a kill mid-line (before: every resume refused, failing on this line)
     run_training(s)
     assert max_diff(weights(straight), weights(killed)) <= 1e-6
     assert losses(straight)[40] == pytest.approx(losses(killed)[40], abs=1e-6)
+    assert [m["step"] for m in metrics(killed)] == [m["step"] for m in metrics(straight)]  # the torn line cut, none lost
 
 
 def test_ddp_two_processes_form_one_group(data, tmp_path):

@@ -54,3 +54,19 @@ def test_clean_document_keeps_prose_and_drops_other_languages():
     german = "Der schnelle braune Fuchs springt über den faulen Hund am Ufer des Flusses. " * 10
     rule, info = clean_document(german, CleanConfig())
     assert rule == "language" and info["language"] == "de"
+
+
+def test_dropped_documents_are_kept_for_audit_with_their_pii_redacted(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.clean import clean_shard
+
+    short = "Mail jane.doe@example.com now."  # dropped by min_chars
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["a"], "url": ["http://site.test/a"], "text": [short]}), src)
+    cfg = CleanConfig(min_chars=200)
+    clean_shard((str(src), cfg, str(tmp_path / "kept.parquet"), str(tmp_path / "dropped.parquet")))
+    (row,) = pq.read_table(tmp_path / "dropped.parquet").to_pylist()
+    assert row["rule"] == "min_chars"
+    assert "jane.doe@example.com" not in row["text"] and "Mail" in row["text"]  # before: the address as crawled
