@@ -559,8 +559,12 @@ class Crawler:
             if url not in self.seen:
                 self.seen[url] = depth
                 self.journal.write(e="seen", url=url, depth=depth)
-        # a refresh revisits the pages it knows before spending its page budget on new ones
-        pending = sorted((self.previous.get(u, {}).get("outcome") not in KEPT, d, u) for u, d in self.seen.items() if u not in self.done)
+        # a refresh revisits the pages it knows before spending its page budget on new ones; within
+        # that, by depth in discovery order (self.seen keeps the journal's order; the sort is
+        # stable), which is the order an uninterrupted crawl's FIFO queue has: a resumed crawl of
+        # one worker spends its page budget on the same pages
+        pending = sorted(((self.previous.get(u, {}).get("outcome") not in KEPT, d, u) for u, d in self.seen.items() if u not in self.done),
+                         key=lambda p: p[:2])
         for _, depth, url in pending:
             queue.put_nowait((url, depth))
         inflight = 0

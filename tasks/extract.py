@@ -205,9 +205,11 @@ def record_body(record, limit: int) -> tuple[bytes, bool]:
     return bytes(body), decoded.full
 
 
-def extract_warc(path: str, cfg: ExtractConfig, start: int = 0, end: int | None = None) -> tuple[list[dict], list[dict], int]:
+def extract_warc(path: str, cfg: ExtractConfig, start: int = 0, end: int | None = None,
+                 allow_private: bool = False) -> tuple[list[dict], list[dict], int]:
     """Documents and quarantine rows of the records of a WARC file in [start, end) (the whole
-    file by default; start must be a record's offset), and the number of HTML responses seen."""
+    file by default; start must be a record's offset), and the number of HTML responses seen.
+    `allow_private`: an http(s) source ingested with private addresses allowed."""
     from warcio.archiveiterator import ArchiveIterator
 
     docs, quarantine, responses = [], [], 0
@@ -220,7 +222,7 @@ def extract_warc(path: str, cfg: ExtractConfig, start: int = 0, end: int | None 
 
     with ExitStack() as opened:
         try:
-            reader = opened.enter_context(open_range(path, start, os.path.getsize(path) if end is None else end))
+            reader = opened.enter_context(open_range(path, start, os.path.getsize(path) if end is None else end, allow_private))
         except Exception as e:  # noqa: BLE001
             raise SourceReadError(f"{path}: {type(e).__name__}: {e}") from e
         it = ArchiveIterator(SourceReader(reader, path))
@@ -328,7 +330,7 @@ def check_source(source: dict) -> None:
     """Refuse a source whose bytes are no longer those ingest recorded (size, ETag): the
     dataset would not describe what is read. A vanished source fails with its URL."""
     try:
-        now = describe(source["url"])
+        now = describe(source["url"], source.get("allow_private", False))
     except Exception as e:  # noqa: BLE001 - unreachable or gone: named, and the shard is retried
         raise SourceReadError(f"{source['url']}: cannot be read: {type(e).__name__}: {e}") from None
     changed = [k for k in ("size", "etag", "modified") if source.get(k) not in ("", None) and now[k] != source[k]]
@@ -342,9 +344,10 @@ def extract_shard(args) -> dict:
     ranges, cfg, docs_out, q_out, *sources = args
     for source in sources[0] if sources else []:
         check_source(source)
+    private_ok = {s["url"] for s in (sources[0] if sources else []) if s.get("allow_private")}
     docs, quarantine, responses = [], [], 0
     for r in ranges:
-        d, q, n = extract_warc(r[0], cfg, r[1], r[2])
+        d, q, n = extract_warc(r[0], cfg, r[1], r[2], allow_private=r[0] in private_ok)
         docs += d
         quarantine += q
         responses += n
@@ -386,7 +389,8 @@ def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress
     (out / "quarantine").mkdir(exist_ok=True)
     shard_bytes = current_executor().shard_bytes
     sized = [(f["url"], f["size"]) for f in files]
-    points, _ = map_shards(file_split_points, [(url, (url, shard_bytes, size)) for url, size in sized], out / ".plan",
+    private_ok = {f["url"] for f in files if f.get("allow_private")}
+    points, _ = map_shards(file_split_points, [(url, (url, shard_bytes, size, url in private_ok)) for url, size in sized], out / ".plan",
                            PRELOAD, workers=cfg.workers)
     shards = plan_shards(sized, shard_bytes, points)
     outside = {f["url"]: f for f in files if "modified" in f}  # ingested sources, checked before a shard reads them

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, digest_of, no_progress, write_atomic
 from tasks.urls import private_address_reason
-from tasks.warc_ranges import describe
+from tasks.warc_ranges import describe, source_fs
 
 VERSION = 2
 SOURCES = "sources.json"
@@ -57,8 +57,9 @@ def is_warc_name(url: str) -> bool:
     return url.split("#", 1)[0].split("?", 1)[0].endswith((".warc", ".warc.gz"))
 
 
-def listing_entries(path: str, base_url: str) -> list[str]:
-    with fsspec.open(path, "rb") as f:
+def listing_entries(path: str, base_url: str, allow_private: bool = False) -> list[str]:
+    fs, inner = source_fs(path, allow_private)
+    with fs.open(inner, "rb") as f:
         data = f.read()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
@@ -83,7 +84,7 @@ def source_urls(cfg: IngestConfig) -> list[str]:
             raise ValueError(f"{p}: not a WARC file (expected .warc or .warc.gz)")
         check_address(p, cfg)
         if is_listing(p):
-            urls += listing_entries(p, cfg.base_url)
+            urls += listing_entries(p, cfg.base_url, cfg.allow_private_addresses)
             continue
         for of in fsspec.open_files(p, mode="rb", expand=True):
             urls.append(of.path if isinstance(of.fs, LocalFileSystem) else of.full_name)
@@ -108,11 +109,11 @@ _DESCRIBED_FOR_S = 60.0  # the cache key, the task and the stage each ask within
 
 
 def describe_sources(cfg: IngestConfig) -> list[dict]:
-    key = (tuple(cfg.paths), cfg.base_url, cfg.limit, cfg.sample_seed)
+    key = (tuple(cfg.paths), cfg.base_url, cfg.limit, cfg.sample_seed, cfg.allow_private_addresses)
     hit = _described.get(key)
     if hit and time.monotonic() - hit[0] < _DESCRIBED_FOR_S:
         return hit[1]
-    sources = [describe(u) for u in source_urls(cfg)]
+    sources = [describe(u, cfg.allow_private_addresses) for u in source_urls(cfg)]
     _described[key] = (time.monotonic(), sources)
     return sources
 

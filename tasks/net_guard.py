@@ -21,8 +21,9 @@ import httpx
 from tasks.urls import is_public_address
 
 
-class AddressRefused(Exception):
-    """A connection the address rule refuses; `reason` is what the crawl journal records."""
+class AddressRefused(OSError):
+    """A connection the address rule refuses; `reason` is what the crawl journal records. An
+    OSError, so that clients which wrap connection errors (aiohttp) keep it as the cause."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -88,6 +89,31 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=GuardedBackend(trusted, allow_private),
         )
+
+
+def http_options(url: str, allow_private: bool) -> dict:
+    """fsspec storage options for `url`: for http(s), a client whose every connection (redirect
+    hops included) passes the address rule, unless private addresses are allowed."""
+    if allow_private or not url.lower().startswith(("http://", "https://")):
+        return {}
+    return {"get_client": guarded_aiohttp_client}
+
+
+async def guarded_aiohttp_client(**kwargs):
+    """fsspec's HTTP filesystem's aiohttp session, on a connector with the address rule."""
+    import aiohttp
+
+    class GuardedConnector(aiohttp.TCPConnector):
+        # aiohttp resolves here for every connection and connects to exactly what this returns;
+        # an IP literal comes through here too, unresolved
+        async def _resolve_host(self, host, port, *args, **kw):
+            hosts = await super()._resolve_host(host, port, *args, **kw)
+            private = [h["host"] for h in hosts if not is_public_address(h["host"])]
+            if private or not hosts:
+                raise AddressRefused(f"private_address: {host} resolves to {', '.join(private) or 'nothing'}")
+            return hosts
+
+    return aiohttp.ClientSession(connector=GuardedConnector(), **kwargs)
 
 
 def refusal_of(error: BaseException) -> str | None:

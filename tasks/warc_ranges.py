@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
+from tasks.store import is_url
+
 GZIP_MAGIC = b"\x1f\x8b\x08"
 _SCAN = 64 << 10  # bytes read at a time while looking for the next member: a record's gzip member is
 # typically tens of KB, and a remote scan pays for every byte it reads (1 MB windows read 3.9x
@@ -98,41 +100,54 @@ def _plain_record_starts(f, size: int) -> list[int]:
     return starts
 
 
-def open_source(path: str, block_size: int = _READ_BLOCK):
-    """A seekable binary file object for a local path or an fsspec URL (ranged reads of
-    block_size bytes ahead of each read)."""
-    if "://" not in path:
-        return open(path, "rb")
+def source_fs(url: str, allow_private: bool = False):
+    """(fsspec filesystem, path) for a source URL; http(s) connections under the address rule
+    (tasks/net_guard.py) unless the ingest config allowed private addresses."""
     import fsspec
 
-    fs, inner = fsspec.core.url_to_fs(path)
+    from tasks.net_guard import http_options
+
+    return fsspec.core.url_to_fs(url, **http_options(url, allow_private))
+
+
+def open_source(path: str, block_size: int = _READ_BLOCK, allow_private: bool = False):
+    """A seekable binary file object for a local path or an fsspec URL (ranged reads of
+    block_size bytes ahead of each read)."""
+    if not is_url(path):
+        return open(path.removeprefix("file://"), "rb")
+    fs, inner = source_fs(path, allow_private)
     return fs.open(inner, "rb", block_size=block_size, cache_type="readahead")
 
 
-def describe(url: str) -> dict:
-    """What identifies a source's bytes: its size and ETag (HTTP, S3) or modification time."""
-    import fsspec
+def describe(url: str, allow_private: bool = False) -> dict:
+    """What identifies a source's bytes: its size and ETag (HTTP, S3) or modification time;
+    `allow_private` is recorded with it, so every later read applies the same address rule."""
+    from tasks.net_guard import refusal_of
 
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = source_fs(url, allow_private)
     try:
         info = fs.info(path)
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        refusal = refusal_of(e)
+        if refusal:
+            raise ValueError(f"{url}: refused ({refusal}); set ingest.allow_private_addresses to read it") from None
         raise FileNotFoundError(f"{url}: no such WARC file") from None
     if info.get("size") is None:
         raise ValueError(f"{url}: the server gives no size, so the file cannot be read in ranges")
     etag = info.get("ETag") or info.get("etag") or ""
     modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or ""
-    return {"url": url, "size": int(info["size"]), "etag": str(etag).strip('"'), "modified": str(modified)}
+    described = {"url": url, "size": int(info["size"]), "etag": str(etag).strip('"'), "modified": str(modified)}
+    return described | ({"allow_private": True} if allow_private and is_url(url) else {})
 
 
-def split_points(path: str | Path, shard_bytes: int, size: int | None = None) -> list[int]:
+def split_points(path: str | Path, shard_bytes: int, size: int | None = None, allow_private: bool = False) -> list[int]:
     """Record offsets at which `path` (of `size` bytes, looked up when not given) is cut into
     pieces of about shard_bytes (0 first)."""
     size = os.path.getsize(path) if size is None else size
     if size <= shard_bytes:
         return [0]
     points = [0]
-    with open_source(str(path), block_size=_SCAN) as f:
+    with open_source(str(path), block_size=_SCAN, allow_private=allow_private) as f:
         if str(path).endswith(".gz"):
             target = shard_bytes
             while target < size:
@@ -153,9 +168,9 @@ def split_points(path: str | Path, shard_bytes: int, size: int | None = None) ->
 
 
 def file_split_points(args) -> list[int]:
-    """split_points as a job for the executor: (path or URL, shard_bytes, size)."""
-    path, shard_bytes, size = args
-    return split_points(path, shard_bytes, size)
+    """split_points as a job for the executor: (path or URL, shard_bytes, size[, allow_private])."""
+    path, shard_bytes, size, *allow_private = args
+    return split_points(path, shard_bytes, size, bool(allow_private and allow_private[0]))
 
 
 def plan_shards(files: list, shard_bytes: int, points: list[list[int]] | None = None) -> list[list[WarcRange]]:
@@ -181,15 +196,13 @@ def plan_shards(files: list, shard_bytes: int, points: list[list[int]] | None = 
 
 
 @contextmanager
-def open_range(path: str, start: int, end: int):
+def open_range(path: str, start: int, end: int, allow_private: bool = False):
     """A reader of [start, end) of a local file or an fsspec URL, which reads nothing past end."""
-    if "://" not in path:
-        with open(path, "rb") as f:
+    if not is_url(path):
+        with open(path.removeprefix("file://"), "rb") as f:
             yield RangeReader(f, start, end)
         return
-    import fsspec
-
-    fs, inner = fsspec.core.url_to_fs(path)
+    fs, inner = source_fs(path, allow_private)
     yield RemoteRange(fs, inner, start, end)
 
 

@@ -93,3 +93,21 @@ def test_a_redirect_to_an_internal_address_is_refused_at_the_hop(tmp_path):
         states = crawl_with([site.url + "/"], tmp_path, trusted=(site.url,))
     assert internal.log == []
     assert states[site.url]["outcome"] == "skipped" and states[site.url]["reason"].startswith("private_address: 127.0.0.1")
+
+
+def test_an_ingest_source_that_rebinds_is_refused_at_the_connection(tmp_path, answers):
+    """ingest checks an http(s) source's name when it lists it; the read that follows resolves
+    again (aiohttp, under fsspec) and is checked again, so a rebinding answer reads nothing."""
+    from tasks.ingest import IngestConfig, describe_sources
+    from tests.helpers import python_doc_pages, range_server, write_warc
+
+    answers, _ = answers
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_warc(docs / "a.warc.gz", python_doc_pages(1))
+    with range_server(docs) as (base, log):
+        port = base.rsplit(":", 1)[1]
+        answers["rebind.test"] = [PUBLIC, PUBLIC, "127.0.0.1"]  # public while ingest checks it (twice), internal when read
+        with pytest.raises(ValueError, match=r"refused \(private_address: rebind.test resolves to 127.0.0.1\)"):
+            describe_sources(IngestConfig(paths=[f"http://rebind.test:{port}/a.warc.gz"]))
+        assert log == []  # before: its size and ETag read from the internal server, then its bytes

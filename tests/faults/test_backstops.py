@@ -36,9 +36,14 @@ def test_backstops_grow_with_what_the_config_asks_for():
 
 
 INTERRUPTED = """
-import sys
+import signal, sys
 from model.launch import run_training
 from model.train import RunSpec
+
+def timed_out(*_):  # what Prefect's timeout does to a task in the main thread: SIGALRM, raised as an error
+    raise TimeoutError("the task's timeout_seconds passed")
+
+signal.signal(signal.SIGALRM, timed_out)
 run_training(RunSpec.model_validate_json(open(sys.argv[1]).read()))
 """
 
@@ -65,7 +70,7 @@ def test_an_interrupted_training_task_stops_its_trainer(tmp_path):
             time.sleep(0.1)
         assert training_pids(run_spec)
         # it prints nothing now (log_every), so nothing breaks on the pipe if its reader is gone
-        os.kill(task.pid, signal.SIGINT)  # the task's process only, as a timeout interrupts the task's thread
+        os.kill(task.pid, signal.SIGALRM)  # the task's process only, as Prefect's timeout interrupts the task
         task.wait(timeout=60)
         deadline = time.monotonic() + 30
         while training_pids(run_spec) and time.monotonic() < deadline:

@@ -1,4 +1,5 @@
-"""Which config keys a run started from a deployment may change (flows/locked.py)."""
+"""The deployment surface: which config keys a run started from a deployment may change
+(flows/locked.py). tests/integration/test_serve.py posts such a run to a served deployment."""
 
 import re
 
