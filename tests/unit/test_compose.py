@@ -131,3 +131,6 @@ def test_the_worker_image_runs_as_a_user_of_its_own():
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"chown \S+ /app/data /llmill/results", dockerfile)  # the volumes are writable by it
+    final = dockerfile.split("\nFROM ")[-1]  # the last stage is the image that runs
+    assert "build-essential" not in final and "build-essential" in dockerfile  # compilers for pip builds stay in the build stage
+    assert "COPY --from=build /opt/venv /opt/venv" in final and re.search(r"^USER (\S+)", final, re.M)
