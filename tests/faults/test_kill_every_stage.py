@@ -4,13 +4,13 @@ the last run completes; what a killed run had finished is reused (its manifests'
 change afterwards, the sharded stage keeps its finished shards, the crawl and the training
 resume); and the data it produced equals an uninterrupted run's: the same pages, documents
 (fetch times and WARC names aside), the tokenizer byte for byte and every document's tokens. The group is frozen (SIGSTOP) before it is killed, so the test sees the stage still
-running at that moment rather than guessing it from timing."""
+running at that moment rather than guessing it from timing. The runs share one Prefect server
+and the machine's local results storage, as runs on one machine do."""
 
 from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,14 +22,14 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 
 from tasks.stage import load_manifest
-from tests.helpers import free_port
+from tests.helpers import free_port, prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 15
 
 SMALL = ["crawl.max_pages=24", "crawl.concurrency=1", "crawl.per_host_concurrency=1", "tokenizer.vocab_size=512",
-         "pretrain.model.preset=test-tiny", "pretrain.train.steps=30", "pretrain.train.eval_every=10", "pretrain.train.checkpoint_every=10",
-         "pretrain.train.micro_batch_size=4", "pretrain.train.compile=false", "tokenize.val_fraction=0.2", "finetune.train.steps=30",
+         "pretrain.model.preset=test-tiny", "pretrain.train.steps=20", "pretrain.train.eval_every=10", "pretrain.train.checkpoint_every=10",
+         "pretrain.train.micro_batch_size=4", "pretrain.train.compile=false", "tokenize.val_fraction=0.2", "finetune.train.steps=20",
          "finetune.train.eval_every=10", "finetune.train.checkpoint_every=10", "evaluate.lm_eval.enabled=false",
          "evaluate.generation.max_new_tokens=4", "executor.shard_bytes=20000"]
 
@@ -60,8 +60,8 @@ def committed(root: Path) -> dict[str, str]:
     return {m.parent.parent.name: load_manifest(m.parent).run_id for m in root.glob("*/*/manifest.json")}
 
 
-def llmill_run(root: Path, home: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
+def llmill_run(root: Path, server_env: dict, port: int, log: Path) -> subprocess.Popen:
+    env = {**server_env, "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "flows.cli", "run", "--set", f"root={root}", "--set", f"crawl.pydoc_port={port}"]
     for assignment in SMALL + [f"finetune.examples.path={root.parent / 'sections.csv'}"]:
         cmd += ["--set", assignment]
@@ -104,16 +104,22 @@ def file_bytes(root: Path, stage: str) -> dict[str, bytes]:
     return {f.path: (place / f.path).read_bytes() for f in load_manifest(place).files}
 
 
-@pytest.mark.prefect_server  # the embedded one of each `llmill run`
+@pytest.mark.prefect_server
 @pytest.mark.trainer
 def test_a_run_killed_inside_each_stage_in_turn_completes_reusing_what_it_finished(tmp_path, migrated_sqlite):
+    # one Prefect server for the nine runs (each embedded server would start again with every run);
+    # the task cache is the runs' shared local results storage, as for runs on one machine
+    home = tmp_path / "prefect"
+    home.mkdir()
+    with prefect_server(home, sqlite_template=migrated_sqlite) as (env, _):
+        killed_and_rerun(tmp_path, env)
+
+
+def killed_and_rerun(tmp_path: Path, env: dict) -> None:
     from tests.corpus import section_examples, write_examples_csv
 
     rng = random.Random(SEED)
     port = free_port()
-    home = tmp_path / "prefect"
-    home.mkdir()
-    shutil.copy(migrated_sqlite, home / "prefect.db")
     killed, reference = tmp_path / "killed" / "data", tmp_path / "reference" / "data"
     for root in (killed, reference):
         root.parent.mkdir()
@@ -121,7 +127,7 @@ def test_a_run_killed_inside_each_stage_in_turn_completes_reusing_what_it_finish
 
     kept: dict[str, str] = {}  # stage -> run id, of datasets some earlier run finished
     for n, stage in enumerate(("crawl", "extract", "dedup", "tokenize", "pretrain", "finetune")):
-        proc = llmill_run(killed, home, port, tmp_path / f"run-{n}.log")
+        proc = llmill_run(killed, env, port, tmp_path / f"run-{n}.log")
         try:
             deadline = time.monotonic() + 300
             while not under_way(killed, stage):
@@ -139,7 +145,7 @@ def test_a_run_killed_inside_each_stage_in_turn_completes_reusing_what_it_finish
         now = committed(killed)
         assert {s: now[s] for s in kept} == kept  # nothing an earlier run finished was computed again
         kept = now
-    final = llmill_run(killed, home, port, tmp_path / "final.log")
+    final = llmill_run(killed, env, port, tmp_path / "final.log")
     assert final.wait(timeout=600) == 0, (tmp_path / "final.log").read_text()[-4000:]
     done = committed(killed)
     assert {s: done[s] for s in kept} == kept
@@ -152,7 +158,7 @@ def test_a_run_killed_inside_each_stage_in_turn_completes_reusing_what_it_finish
     assert stats["pretrain"]["resumed_at_step"] >= 10
 
     # the same data as a run that nobody killed
-    uninterrupted = llmill_run(reference, home, port, tmp_path / "reference.log")
+    uninterrupted = llmill_run(reference, env, port, tmp_path / "reference.log")
     assert uninterrupted.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-4000:]
     assert stored_pages(killed) == stored_pages(reference)
     for stage in ("extract", "clean", "dedup"):
