@@ -3,9 +3,10 @@ dedup, tokenize, pretrain, finetune), at a moment drawn from a seed, then a reru
 the last run completes; what a killed run had finished is reused (its manifests' run ids never
 change afterwards, the sharded stage keeps its finished shards, the crawl and the training
 resume); and the data it produced equals an uninterrupted run's: the same pages, documents
-(fetch times and WARC names aside), the tokenizer byte for byte and every document's tokens. The group is frozen (SIGSTOP) before it is killed, so the test sees the stage still
-running at that moment rather than guessing it from timing. The runs share one Prefect server
-and the machine's local results storage, as runs on one machine do."""
+(fetch times and WARC names aside), the tokenizer byte for byte and every document's tokens.
+The group is frozen (SIGSTOP) before it is killed, so the test sees the stage still running at
+that moment rather than guessing it from timing. The runs share one Prefect server and the
+machine's local results storage, as runs on one machine do."""
 
 from __future__ import annotations
 
