@@ -23,6 +23,7 @@ from tests.helpers import compose_config, free_port, prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWS = {"data", "data-refresh", "pretrain", "finetune", "evaluate", "pipeline"}
+FAST_POLL = {"PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
 
 
 @contextmanager
@@ -195,7 +196,8 @@ def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database, tin
     with prefect_server(tmp_path / "prefect", database, sqlite_template) as (env, api), api_client(env) as http:
         serve_log = tmp_path / "serve.log"
         with open(serve_log, "w") as log:
-            serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config)], cwd=ROOT, env=env,
+            # polling each second, not Prefect's 10: a run posted from the form starts at once (nothing asserted depends on it)
+            serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config)], cwd=ROOT, env={**env, **FAST_POLL},
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             def deployments():
@@ -300,7 +302,7 @@ def test_worker_script_registers_and_runs_deployments(tmp_path, tiny_pipeline, m
     (tmp_path / "prefect").mkdir()
     with prefect_server(tmp_path / "prefect", sqlite_template=migrated_sqlite) as (env, api), api_client(env) as http, \
             dask_from_compose(tmp_path, api) as dask_address:
-        worker_env = {**env, **worker_env_from_compose(tmp_path, api, config), "LLMILL_DASK_ADDRESS": dask_address,
+        worker_env = {**env, **worker_env_from_compose(tmp_path, api, config), **FAST_POLL, "LLMILL_DASK_ADDRESS": dask_address,
                       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         worker_log = tmp_path / "worker.log"
         with open(worker_log, "w") as log:
