@@ -174,7 +174,11 @@ def generate_samples(model: Llama, sp, g: GenerationConfig) -> list[dict]:
         torch.manual_seed(g.seed + i)
         ids = torch.tensor([[BOS] + sp.encode(prompt)])
         full = model.generate(ids, g.max_new_tokens, temperature=g.temperature, top_k=g.top_k or None, top_p=g.top_p, eos_id=EOS)
-        out.append({"prompt": prompt, "completion": sp.decode(full[0, ids.shape[1] :].tolist())})
+        # decoded with the prompt, then cut after it: decoding the new pieces alone drops the space
+        # that starts the first of them (sentencepiece strips a leading "▁"), gluing it to the prompt
+        whole, head = sp.decode(full[0, 1:].tolist()), sp.decode(ids[0, 1:].tolist())
+        completion = whole[len(head):] if whole.startswith(head) else sp.decode(full[0, ids.shape[1] :].tolist())
+        out.append({"prompt": prompt, "completion": completion})
     return out
 
 

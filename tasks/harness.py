@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -81,12 +82,15 @@ def run_lm_eval(hf_dir: Path, shards: str, sp, cfg, out: Path) -> dict:
     items = cloze_items(split_docs(shards, "val", sp), cfg.items, cfg.choices)
     data = out / "cloze.jsonl"
     data.write_text("".join(json.dumps(i) + "\n" for i in items))
-    write_task(out, data)
+    write_task(out, Path(out.name) / data.name)  # relative to the dataset, as the command is
     with tempfile.TemporaryDirectory(prefix="llmill-hf-home-") as hf_home:  # the datasets cache stays out of the report
         env = {**lm_eval_env(os.environ), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HOME": hf_home, "TOKENIZERS_PARALLELISM": "false"}
-        proc = subprocess.run(lm_eval_command(hf_dir, out, cfg), env=env, capture_output=True, text=True, timeout=1800)
-    cmd = lm_eval_command(hf_dir, out, cfg)
+        # run where the record says: in the evaluate dataset's directory, its files by relative paths,
+        # so the recorded command works once the dataset is committed (this directory is renamed then)
+        proc = subprocess.run(lm_eval_command(hf_dir, Path(out.name), cfg), cwd=out.parent, env=env, capture_output=True, text=True,
+                              timeout=1800)
+    cmd = ["python", *lm_eval_command(hf_dir, Path(out.name), cfg)[1:]]
     if proc.returncode != 0:
         raise RuntimeError(f"lm-eval failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     results = sorted((out / "results").rglob("results_*.json"))
@@ -94,4 +98,5 @@ def run_lm_eval(hf_dir: Path, shards: str, sp, cfg, out: Path) -> dict:
         raise RuntimeError(f"lm-eval wrote no results under {out / 'results'}:\n{proc.stdout[-2000:]}")
     task = json.loads(results[-1].read_text())["results"][TASK]
     return {"task": TASK, "items": len(items), "choices": cfg.choices, "chance": 1 / cfg.choices,
-            "acc": task["acc,none"], "acc_norm": task.get("acc_norm,none"), "command": " ".join(cmd[1:])}
+            "acc": task["acc,none"], "acc_norm": task.get("acc_norm,none"), "command": shlex.join(cmd),
+            "command_cwd": "the evaluate dataset's directory (where eval.json is)"}

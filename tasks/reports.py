@@ -175,7 +175,7 @@ def report_markdown(result: dict, plots: dict[str, Path]) -> str:
         e = result["lm_eval"]
         parts += ["## lm-evaluation-harness", "", f"Task `{e['task']}` (multiple-choice cloze from held-out sentences, "
                   f"{e['items']} items, {e['choices']} choices): acc {e['acc']:.3f}, acc_norm {e['acc_norm']:.3f}. "
-                  f"Command: `lm_eval {e['command']}`", ""]
+                  f"Command, run in this report's directory: `{e['command']}`", ""]
     if "funnel" in plots:
         parts += ["## Data", "", f"![document funnel]({plots['funnel'].name})", ""]
     parts += ["See `model_card.md` and `data_card.md`.", ""]

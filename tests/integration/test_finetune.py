@@ -147,3 +147,13 @@ def test_lm_scores_and_baselines_use_exactly_the_val_text(pretrained, library_co
     assert result["val_tokens"] == load_manifest(shards).stats["tokens"]["val"]  # every val token scored
     assert result["val_bpb"] == pytest.approx(result["val_loss"] * result["val_tokens"] / math.log(2) / result["val_bytes"])
     assert len(result["generations"]) == 4
+
+
+def test_samples_keep_the_space_between_prompt_and_continuation(pretrained):
+    from tasks.evaluate import GenerationConfig, generate_samples, load_lm, load_tokenizer
+
+    _, _, tok, run = pretrained
+    sp, prompts = load_tokenizer(tok), [f"The {w}" for w in ("json module", "file", "list", "class", "function", "value", "string", "path")]
+    samples = generate_samples(load_lm(run), sp, GenerationConfig(prompts=prompts, max_new_tokens=6))
+    # before: `**The json module**is bound`: a continuation that starts a word lost its space
+    assert any(s["completion"].startswith(" ") for s in samples), samples

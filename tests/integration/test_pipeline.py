@@ -5,12 +5,18 @@ cards and the artifacts; a second run is answered from cache, task by task."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from flows.config import LlmillConfig
 from flows.pipeline import pipeline_flow
+from tasks.harness import lm_eval_env
 from tests.helpers import all_task_states
 
 EVAL_KEYS = {
@@ -23,7 +29,7 @@ EVAL_KEYS = {
 
 @pytest.mark.prefect_server
 @pytest.mark.trainer
-def test_pipeline_end_to_end_then_all_cached(prefect_harness, tiny_pipeline):
+def test_pipeline_end_to_end_then_all_cached(prefect_harness, tiny_pipeline, tmp_path):
     # the datasets may already be on the shared root (the served runs of test_serve compute the
     # same ones); this server's task cache is new to them, so every stage runs as a task here
     config = LlmillConfig.model_validate(tiny_pipeline)
@@ -42,6 +48,16 @@ def test_pipeline_end_to_end_then_all_cached(prefect_harness, tiny_pipeline):
     assert evaluation["classifier"]["labels"] == ["c-api", "howto", "library", "reference", "tutorial", "whatsnew"]
     assert set(evaluation["classifier"]["baselines"]) == {"majority", "tfidf_logreg"}
     assert 0 <= evaluation["lm_eval"]["acc"] <= 1 and evaluation["lm_eval"]["items"] == 8
+    # the recorded command runs as recorded once the dataset is committed (before: it named the
+    # stage's .partial directory, gone by then); here in a copy, to leave the dataset as committed
+    copy = tmp_path / "evaluate-copy"
+    shutil.copytree(report, copy)
+    shutil.rmtree(copy / "lm_eval" / "results")
+    rerun = subprocess.run(shlex.split(evaluation["lm_eval"]["command"].replace("python", sys.executable, 1)), cwd=copy,
+                           env={**lm_eval_env(os.environ), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert list((copy / "lm_eval" / "results").rglob("results_*.json"))
     for name in ("loss_curves.png", "confusion_matrix.png", "funnel.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     text = (report / "report.md").read_text()
