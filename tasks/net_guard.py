@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import typing
 
 import httpcore
@@ -80,8 +81,9 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     pool with the guarded backend (and no proxy from the environment: a proxy would be the
     address checked, not the page's)."""
 
-    def __init__(self, limits: httpx.Limits, trusted: typing.Collection[tuple[str, int]] = (), allow_private: bool = False):
-        super().__init__(limits=limits, trust_env=False)
+    def __init__(self, limits: httpx.Limits, trusted: typing.Collection[tuple[str, int]] = (), allow_private: bool = False,
+                 verify: ssl.SSLContext | bool = True):
+        super().__init__(limits=limits, trust_env=False, verify=verify)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=self._pool._ssl_context,
             max_connections=limits.max_connections,

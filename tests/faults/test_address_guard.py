@@ -111,3 +111,53 @@ def test_an_ingest_source_that_rebinds_is_refused_at_the_connection(tmp_path, an
         with pytest.raises(ValueError, match=r"refused \(private_address: rebind.test resolves to 127.0.0.1\)"):
             describe_sources(IngestConfig(paths=[f"http://rebind.test:{port}/a.warc.gz"]))
         assert log == []  # before: its size and ETag read from the internal server, then its bytes
+
+
+def test_https_goes_through_the_guard_with_the_certificate_checked_for_the_url_host(tmp_path):
+    """The guard connects to the checked address, but TLS still verifies the certificate and
+    sends SNI for the URL's host name: a certificate for `localhost` is accepted at
+    https://localhost:PORT/ and a private address is refused before any handshake."""
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    from tasks.net_guard import AddressRefused, GuardedTransport
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "key.pem"), "-out",
+                    str(tmp_path / "cert.pem"), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+
+    class Hello(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"hello tls")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server.socket = server_tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    trust = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+
+    async def get(transport):
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await client.get(f"https://localhost:{port}/")
+
+    try:
+        limits = httpx.Limits(max_connections=1)
+        response = asyncio.run(get(GuardedTransport(limits, trusted={("localhost", port)}, verify=trust)))
+        assert response.status_code == 200 and response.text == "hello tls"
+        with pytest.raises(AddressRefused, match="private_address: localhost resolves to"):
+            asyncio.run(get(GuardedTransport(limits, verify=trust)))
+    finally:
+        server.shutdown()
+        server.server_close()
