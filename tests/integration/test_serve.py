@@ -23,7 +23,6 @@ from tests.helpers import compose_config, free_port, prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWS = {"data", "data-refresh", "pretrain", "finetune", "evaluate", "pipeline"}
-FAST_POLL = {"PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
 
 
 @contextmanager
@@ -152,18 +151,23 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run_to_completion(http: httpx.Client, api: str, deployment_id: str, log: Path, timeout: float) -> dict:
-    """POST create_flow_run with no parameters, as the UI's Run button with the form's defaults.
-    A 5xx is retried a few times, as a person would press Run again: the SQLite server can
-    answer one with a transient error while the served process writes its deployments."""
+def create_flow_run(http: httpx.Client, api: str, deployment_id: str, body: dict, log: Path) -> dict:
+    """POST create_flow_run as the UI's Run button does. A 5xx is retried a few times, as a person
+    would press Run again: the SQLite server can answer one with a transient error while the
+    served process writes its deployments and runs."""
     url = f"{api}/deployments/{deployment_id}/create_flow_run"
     for attempt in range(5):
-        resp = http.post(url, json={})
+        resp = http.post(url, json=body)
         if resp.status_code < 500:
             break
         time.sleep(2 * (attempt + 1))
     assert resp.status_code == 201, (resp.status_code, resp.text[-2000:], log.read_text()[-3000:])
-    run = resp.json()
+    return resp.json()
+
+
+def run_to_completion(http: httpx.Client, api: str, deployment_id: str, log: Path, timeout: float) -> dict:
+    """A run with no parameters, as the UI's Run button with the form's defaults, to its end."""
+    run = create_flow_run(http, api, deployment_id, {}, log)
 
     def finished():
         state = http.get(f"{api}/flow_runs/{run['id']}").json()["state"]
@@ -196,8 +200,7 @@ def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database, tin
     with prefect_server(tmp_path / "prefect", database, sqlite_template) as (env, api), api_client(env) as http:
         serve_log = tmp_path / "serve.log"
         with open(serve_log, "w") as log:
-            # polling each second, not Prefect's 10: a run posted from the form starts at once (nothing asserted depends on it)
-            serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config)], cwd=ROOT, env={**env, **FAST_POLL},
+            serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config)], cwd=ROOT, env=env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             def deployments():
@@ -232,7 +235,7 @@ def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database, tin
             assert limit["limit"] == 1
             # a run from the form that points the root elsewhere is refused before anything starts
             hostile = {**found["data"]["parameters"]["config"], "root": str(tmp_path / "elsewhere")}
-            refused = http.post(f"{api}/deployments/{found['data']['id']}/create_flow_run", json={"parameters": {"config": hostile}}).json()
+            refused = create_flow_run(http, api, found["data"]["id"], {"parameters": {"config": hostile}}, serve_log)
 
             def failed():
                 state = http.get(f"{api}/flow_runs/{refused['id']}").json()["state"]
@@ -302,7 +305,7 @@ def test_worker_script_registers_and_runs_deployments(tmp_path, tiny_pipeline, m
     (tmp_path / "prefect").mkdir()
     with prefect_server(tmp_path / "prefect", sqlite_template=migrated_sqlite) as (env, api), api_client(env) as http, \
             dask_from_compose(tmp_path, api) as dask_address:
-        worker_env = {**env, **worker_env_from_compose(tmp_path, api, config), **FAST_POLL, "LLMILL_DASK_ADDRESS": dask_address,
+        worker_env = {**env, **worker_env_from_compose(tmp_path, api, config), "LLMILL_DASK_ADDRESS": dask_address,
                       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         worker_log = tmp_path / "worker.log"
         with open(worker_log, "w") as log:
