@@ -33,6 +33,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.config import usable_cpus
+from tasks.remote_shards import current_remote_work, run_remote_shard, shard_plan, take_back
 from tasks.stage import Progress, code_version, digest_of, no_progress, source_digest, write_atomic
 
 MARKERS = ".shards"
@@ -200,10 +201,12 @@ def map_shards(
     fn and on_crash are module-level functions (they travel by reference to processes and
     workers); results must be JSON values, since each is kept in the shard's marker."""
     cfg = current_executor()
+    work = current_remote_work() if cfg.kind == "dask" else None  # Dask workers without a shared disk: through the store
     markers = out / MARKERS
     markers.mkdir(parents=True, exist_ok=True)
     code = code_version()
-    keys = [digest_of({"fn": f"{fn.__module__}.{fn.__qualname__}", "args": args, "code": code}) for _, args in jobs]
+    keys = [digest_of({"fn": f"{fn.__module__}.{fn.__qualname__}", "args": args, "code": code, "through_store": work is not None})
+            for _, args in jobs]
     results: list = [None] * len(jobs)
     todo = []
     for i, key in enumerate(keys):
@@ -213,6 +216,8 @@ def map_shards(
         except (OSError, ValueError):
             saved = None
         if saved is not None and saved.get("key") == key:
+            if work is not None:
+                take_back(work, saved["files"])
             results[i] = saved["result"]
         else:
             todo.append(i)
@@ -221,13 +226,18 @@ def map_shards(
 
     def finished(i: int, result: Any) -> None:
         nonlocal done
-        write_atomic(markers / f"{i:05d}.json", json.dumps({"key": keys[i], "label": jobs[i][0], "result": result}).encode())
+        saved = {"key": keys[i], "label": jobs[i][0], "result": result}
+        if work is not None:  # the shard's files are in the store: its manifest rows are kept with its result
+            take_back(work, result["files"])
+            saved = {**saved, "result": result["result"], "files": result["files"]}
+            result = result["result"]
+        write_atomic(markers / f"{i:05d}.json", json.dumps(saved).encode())
         results[i] = result
         done += 1
         progress(done, len(jobs))
 
     if cfg.kind == "dask":
-        failures = _map_dask(cfg, fn, [(i, jobs[i][1]) for i in todo], tuple(preload), out, on_crash, finished, deadline_s)
+        failures = _map_dask(cfg, fn, [(i, jobs[i][1]) for i in todo], tuple(preload), out, on_crash, finished, deadline_s, work)
     else:
         failures = _map_local(cfg, fn, [(i, jobs[i][1]) for i in todo], tuple(preload), workers, on_crash, finished, deadline_s)
     if failures:
@@ -334,19 +344,22 @@ def require_shared_directory(client, out: Path) -> None:
         )
 
 
-def _map_dask(cfg, fn, todo, preload, out, on_crash, finished, deadline_s=None) -> list[tuple[int, str]]:
+def _map_dask(cfg, fn, todo, preload, out, on_crash, finished, deadline_s=None, work=None) -> list[tuple[int, str]]:
     from distributed import as_completed as dask_completed
 
     if not todo:
         return []
     client = dask_client(cfg)
     try:
-        require_shared_directory(client, out)
         token = os.urandom(4).hex()
+        if work is None:
+            require_shared_directory(client, out)
+            calls = [(i, (run_shard, fn, args, preload, on_crash, None, deadline_s)) for i, args in todo]
+        else:  # tasks/remote_shards.py: the worker fetches what the shard reads and uploads what it writes
+            calls = [(i, (run_remote_shard, fn, args, preload, on_crash, deadline_s, shard_plan(work, args))) for i, args in todo]
         futures = {
-            client.submit(run_shard, fn, args, preload, on_crash, None, deadline_s, key=f"{fn.__module__}.{fn.__name__}-{i}-{token}",
-                          retries=cfg.retries, pure=False): i
-            for i, args in todo
+            client.submit(*call, key=f"{fn.__module__}.{fn.__name__}-{i}-{token}", retries=cfg.retries, pure=False): i
+            for i, call in calls
         }
         failures = []
         for fut in dask_completed(list(futures), loop=client.loop):

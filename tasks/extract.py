@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import threading
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
@@ -352,7 +353,12 @@ def extract_shard(args) -> dict:
         quarantine += q
         responses += n
     _write_shard(docs, quarantine, docs_out, q_out)
-    return {"documents": len(docs), "quarantined": len(quarantine), "html_responses": responses}
+    return {"documents": len(docs), "quarantined": len(quarantine), "html_responses": responses, "reasons": _reasons(quarantine)}
+
+
+def _reasons(quarantine: list[dict]) -> dict[str, int]:
+    """Quarantined records by the kind of reason (the part before its colon)."""
+    return dict(Counter(q["reason"].split(":")[0] for q in quarantine))
 
 
 def quarantine_crashed_shard(args, reason: str) -> dict:
@@ -362,7 +368,7 @@ def quarantine_crashed_shard(args, reason: str) -> dict:
     rows = [{"url": "", "warc_file": Path(r[0]).name, "warc_record_id": "", "offset": r[1], "bytes": r[2] - r[1],
              "reason": f"crashed: {reason}"[:300]} for r in ranges]
     _write_shard([], rows, docs_out, q_out)
-    return {"documents": 0, "quarantined": len(rows), "html_responses": 0}
+    return {"documents": 0, "quarantined": len(rows), "html_responses": 0, "reasons": _reasons(rows)}
 
 
 def warc_files(raw: list[str]) -> list[dict]:
@@ -402,11 +408,9 @@ def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress
     ]
     results, ran = map_shards(extract_shard, jobs, out, PRELOAD, progress,
                               workers=cfg.workers, on_crash=quarantine_crashed_shard, deadline_s=cfg.shard_deadline_s)
-    reasons: dict[str, int] = {}
-    for qf in sorted((out / "quarantine").glob("*.parquet")):
-        for r in pq.read_table(qf, columns=["reason"]).column("reason").to_pylist():
-            key = r.split(":")[0]
-            reasons[key] = reasons.get(key, 0) + 1
+    reasons: Counter = Counter()
+    for r in results:  # from the shards' results: their files may be in an object store, not here
+        reasons.update(r["reasons"])
     return {
         "warc_files": len(files),
         "shards": len(jobs),
@@ -414,7 +418,7 @@ def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress
         "html_responses": sum(r["html_responses"] for r in results),
         "documents": sum(r["documents"] for r in results),
         "quarantined": sum(r["quarantined"] for r in results),
-        "quarantined_by_reason": reasons,
+        "quarantined_by_reason": dict(reasons),
         "backend": cfg.backend,
     }
 

@@ -303,18 +303,29 @@ def run_stage(
         if is_dataset(out):  # finished by a concurrent run while we waited
             return out
         attempt = partial / ".attempt.json"
+        earlier = _read_attempt(attempt) if partial.exists() else {}
         if partial.exists() and not resumable:
-            same_code = attempt.is_file() and json.loads(attempt.read_text()).get("code_version") == code_version()
-            if not (sharded and same_code):
+            if not (sharded and earlier.get("code_version") == code_version()):
                 shutil.rmtree(partial)
+                earlier = {}
         partial.mkdir(parents=True, exist_ok=True)
-        write_atomic(attempt, json.dumps({"code_version": code_version()}).encode())
+        # a resumed attempt keeps its run id: on an object store, its finished shards' files are under that prefix
+        run_id = earlier.get("run_id") or uuid.uuid4().hex
+        write_atomic(attempt, json.dumps({"code_version": code_version(), "run_id": run_id}).encode())
         if resumable and store.is_url(out):  # the run's progress goes to the store too: another node resumes from it
             from model.mirror import RESUME_FILE
 
             write_atomic(partial / RESUME_FILE, json.dumps({"url": f"{out}/resume"}).encode())
+        from tasks.remote_shards import RemoteWork, remote_work
+
+        work = RemoteWork(partial=str(partial), url=str(out), prefix=store.attempt_prefix(run_id),
+                          inputs={str(local): str(url) for local, url in zip(local_inputs, inputs) if store.is_url(url)})
         started = time.time()
-        stats = fn(local_inputs, cfg, partial, progress)
+        if store.is_url(out):
+            with remote_work(work):
+                stats = fn(local_inputs, cfg, partial, progress)
+        else:
+            stats = fn(local_inputs, cfg, partial, progress)
         stats.setdefault("seconds", round(time.time() - started, 3))
         for hidden in partial.iterdir():
             if hidden.name.startswith(".") and hidden.is_dir():
@@ -333,6 +344,8 @@ def run_stage(
                     sha256=file_sha256(f),
                 )
             )
+        uploaded = {rel: e for rel, e in work.data_files().items() if rel not in {f.path for f in files}}
+        files = sorted([*files, *uploaded.values()], key=lambda e: e.path)  # Dask workers' files, already in the store
         manifest = Manifest(
             stage=stage,
             stage_version=version,
@@ -342,10 +355,10 @@ def run_stage(
             files=files,
             stats=stats,
             created_at=time.time(),
-            run_id=uuid.uuid4().hex,
+            run_id=run_id,
         )
         if store.is_url(out):
-            _commit_to_store(partial, str(out), manifest)
+            _commit_to_store(partial, str(out), manifest, work)
         else:
             write_atomic(partial / MANIFEST, manifest.model_dump_json(indent=2).encode())
             if out.exists():  # a stale directory without a manifest
@@ -357,18 +370,33 @@ def run_stage(
     return out
 
 
-def _commit_to_store(partial: Path, out: str, manifest: Manifest) -> None:
-    """Upload the files under this attempt's prefix, then create the manifest; the loser of a
-    race keeps the winner's dataset. The local files become the node's cached copy."""
+def _read_attempt(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _commit_to_store(partial: Path, out: str, manifest: Manifest, work) -> None:
+    """Upload the files under this attempt's prefix (but those Dask workers uploaded already),
+    then create the manifest; the loser of a race keeps the winner's dataset. The local files
+    become the node's cached copy when they are all here."""
     from tasks import store
+    from tasks.remote_shards import remove_working_files
 
     manifest = manifest.model_copy(update={"prefix": store.attempt_prefix(manifest.run_id)})
+    elsewhere = work.data_files()
     for entry in manifest.files:
-        store.upload(partial / entry.path, f"{out}/{manifest.prefix}/{entry.path}")
+        if entry.path not in elsewhere:
+            store.upload(partial / entry.path, f"{out}/{manifest.prefix}/{entry.path}")
     if not store.create_only(f"{out}/{MANIFEST}", manifest.model_dump_json(indent=2).encode()):
         shutil.rmtree(partial)  # another writer committed first: its dataset stands, this attempt is garbage
         return
     store.remove(f"{out}/resume")  # a resumable stage's progress: done with now
+    remove_working_files(work)
+    if elsewhere:  # the data files are on the workers' nodes, not here: no complete local copy to keep
+        shutil.rmtree(partial)
+        return
     write_atomic(partial / MANIFEST, manifest.model_copy(update={"prefix": ""}).model_dump_json(indent=2).encode())
     cached = store.cache_dir() / "datasets" / store.place_key(out) / manifest.digest[:16]
     cached.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ Stage functions read and write local files. For an object-store root, the inputs
 a node-local cache (verified against their manifests' hashes) and the stage writes into a local
 partial directory there, whose files are hashed as they are committed and uploaded: the
 dataset is never downloaded again to commit it. The cache lives in $LLMILL_CACHE_DIR, default
-~/.cache/llmill.
+~/.cache/llmill. Shards on Dask workers that share no disk with the flow fetch and upload for
+themselves (tasks/remote_shards.py).
 """
 
 from __future__ import annotations

@@ -242,3 +242,87 @@ def place_key_dir(url: str) -> str:
 
     return f"{place_key(url)}/{load_manifest(url).digest[:16]}"
 
+
+
+@pytest.mark.dask_cluster
+def test_dask_workers_that_share_no_disk_with_the_flow_read_and_write_the_bucket(tmp_path, s3_server, bucket, monkeypatch):
+    """extract, clean and dedup with `root: s3://…` on Dask workers that cannot see the flow's
+    node cache (a tmpfs over it in their mount namespace): the workers fetch their inputs into a
+    cache of their own and upload their parts; the datasets equal the local pool's on local disk.
+    An extract stopped after two shards resumes on the same attempt prefix."""
+    from flows.config import load_config
+    from tasks.clean import VERSION as CLEAN_VERSION
+    from tasks.clean import clean
+    from tasks.dedup import VERSION as DEDUP_VERSION
+    from tasks.dedup import DedupConfig, dedup
+    from tasks.executor import ExecutorConfig, executor_scope
+    from tasks.extract import VERSION as EXTRACT_VERSION
+    from tasks.extract import ExtractConfig, extract
+    from tasks.ingest import VERSION as INGEST_VERSION
+    from tasks.ingest import IngestConfig, ingest
+    from tasks.stage import load_manifest, run_stage
+    from tests.helpers import DaskCluster, python_doc_site_pages, write_warc
+
+    class Stopped(Exception):
+        pass
+
+    shard_bytes = 30_000
+    pages = python_doc_site_pages(4)
+    warc = write_warc(tmp_path / "docs.warc.gz", pages + [(f"{url}?copy", body, kind) for url, body, kind in pages[::5]])  # duplicates
+    clean_cfg = load_config().clean
+    fs = s3_server.filesystem()
+    fs.put_file(str(warc), f"{bucket}/cc/docs.warc.gz")
+
+    def data_stages(executor: ExecutorConfig, root: str, source: str, stop_extract_after: int | None = None) -> dict:
+        def stop(done, total):
+            if stop_extract_after is not None and done >= stop_extract_after:
+                raise Stopped
+
+        with executor_scope(executor):
+            raw = run_stage("ingest", INGEST_VERSION, ingest, [], IngestConfig(paths=[source]), root)
+            layout = {"shard_bytes": shard_bytes}
+            if stop_extract_after is not None:
+                with pytest.raises(Stopped):
+                    run_stage("extract", EXTRACT_VERSION, extract, [raw], ExtractConfig(workers=1), root, stop, sharded=True, layout=layout)
+            docs = run_stage("extract", EXTRACT_VERSION, extract, [raw], ExtractConfig(workers=1), root, sharded=True, layout=layout)
+            cleaned = run_stage("clean", CLEAN_VERSION, clean, [str(docs)], clean_cfg, root, sharded=True)
+            deduped = run_stage("dedup", DEDUP_VERSION, dedup, [str(cleaned)], DedupConfig(), root, sharded=True)
+        return {"extract": str(docs), "clean": str(cleaned), "dedup": str(deduped)}
+
+    monkeypatch.setenv("LLMILL_CACHE_DIR", str(tmp_path / "local-cache"))
+    local = data_stages(ExecutorConfig(shard_bytes=shard_bytes), str(tmp_path / "local"), str(warc))
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    flow_cache, worker_cache = tmp_path / "flow-node", tmp_path / "worker-node"
+    flow_cache.mkdir()
+    monkeypatch.setenv("LLMILL_CACHE_DIR", str(worker_cache))  # what the workers start with
+    with DaskCluster(tmp_path / "dask", workers=2, hide=flow_cache) as cluster:
+        monkeypatch.setenv("LLMILL_CACHE_DIR", str(flow_cache))
+        executor = ExecutorConfig(kind="dask", address=cluster.address, shard_bytes=shard_bytes, retries=1)
+        remote = data_stages(executor, f"s3://{bucket}/data", f"s3://{bucket}/cc/docs.warc.gz", stop_extract_after=2)
+
+    assert all(v.startswith(f"s3://{bucket}/data/") for v in remote.values()), remote
+    for stage in ("extract", "clean", "dedup"):  # the same files, rows and hashes
+        assert file_entries(remote[stage]) == file_entries(local[stage]), stage
+    stats = {stage: load_manifest(remote[stage]).stats for stage in remote}
+    assert stats["extract"]["shards"] >= 6 and 0 < stats["extract"]["shards_processed"] < stats["extract"]["shards"], stats["extract"]
+    assert stats["dedup"]["near_duplicates"] + stats["dedup"]["exact_duplicates"] > 0, stats["dedup"]
+    for stage in ("extract", "clean", "dedup"):
+        assert {k: v for k, v in stats[stage].items() if k not in ("seconds", "shards_processed", "index")} == \
+            {k: v for k, v in load_manifest(local[stage]).stats.items() if k not in ("seconds", "shards_processed", "index")}, stage
+    # the workers fetched the inputs of clean and dedup themselves, into their own node cache
+    from tasks import store
+
+    fetched = {p.name for p in (worker_cache / "datasets").iterdir()}
+    assert {store.place_key(remote["extract"]), store.place_key(remote["clean"])} <= fetched, fetched
+    assert not list((worker_cache / "shards").iterdir())  # each shard's scratch directory is gone
+    # the data parts were never on the flow's node: nothing of them was kept in its cache as a copy
+    assert not (flow_cache / "datasets" / store.place_key(remote["dedup"])).exists()
+    # only the manifest's files under the attempt prefix: the working files (signatures, buckets) are removed
+    for stage, url in remote.items():
+        manifest = load_manifest(url)
+        base = url.removeprefix("s3://")
+        fs.invalidate_cache()
+        assert {p.removeprefix(f"{base}/{manifest.prefix}/") for p in fs.find(f"{base}/{manifest.prefix}")} == \
+            {f.path for f in manifest.files}, stage
