@@ -27,17 +27,18 @@ from tasks.pretrain import VERSION as PRETRAIN_VERSION
 from tasks.pretrain import pretrain_task
 from tasks.recrawl import RecrawlConfig, recrawl_task
 from tasks.stage import is_dataset, load_manifest, stage_dir, write_atomic
-from tasks.store import is_url, resolve_root
+from tasks import store
 from tasks.tokenize import tokenize_task
 from tasks.train_tokenizer import train_tokenizer_task
 
 
 class Versions:
-    """The refreshes of one corpus, oldest first, in a JSON file rewritten atomically."""
+    """The refreshes of one corpus, oldest first, in a JSON file rewritten atomically (on an
+    object store: one PUT, which replaces the object whole)."""
 
     def __init__(self, root: str, first_tokens: str):
-        self.path = Path(root) / "refresh" / f"{Path(first_tokens).name}.json"
-        self.entries: list[dict] = json.loads(self.path.read_text())["versions"] if self.path.exists() else []
+        self.path = store.join(store.resolve_root(root), "refresh", f"{Path(first_tokens).name}.json")
+        self.entries: list[dict] = json.loads(store.read_bytes(self.path))["versions"] if store.exists(self.path) else []
 
     def before(self, at: str) -> list[dict]:
         """Versions made before the refresh at `at`; a retried refresh finds the same predecessor."""
@@ -50,8 +51,13 @@ class Versions:
 
     def record(self, entry: dict) -> None:
         self.entries = self.before(entry["at"]) + [entry]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps({"versions": self.entries}, indent=1).encode())
+        data = json.dumps({"versions": self.entries}, indent=1).encode()
+        if store.is_url(self.path):
+            fs, p = store.filesystem(self.path)
+            fs.pipe_file(p, data)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, data)
 
 
 def refresh_time() -> str:
@@ -71,9 +77,7 @@ def data_refresh_flow(config: LlmillConfig, at: str = "") -> dict:
     from flows.data import data_flow
 
     at = at or refresh_time()
-    root = resolve_root(config.root)
-    if is_url(root):  # its list of versions is a local file beside the datasets
-        raise ValueError(f"data-refresh needs a local root for now, not {root}")
+    root = store.resolve_root(config.root)
     base = data_flow(config)
     crawled = next(r for r in base["raw"] if load_manifest(r).stage == "crawl")
     tokenizer = call_stage(train_tokenizer_task, [base["dedup"]], config.tokenizer, root)

@@ -33,8 +33,10 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.clean import doc_files
+from tasks import remote_index, store
 from tasks.executor import ExecutorConfig, map_shards
 from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.remote_shards import current_remote_work
 from tasks.stage import Progress, digest_of, file_sha256, no_progress, write_atomic
 
 VERSION = 1
@@ -483,10 +485,26 @@ def filter_shard(args) -> dict:
     return {"kept": int((~is_dup).sum())}
 
 
+def index_place(cfg: DedupConfig, out: Path) -> tuple[Path, str]:
+    """(the local index dedup reads and appends, the object-store index it mirrors or "").
+    By default the index lives in the root beside the datasets: `<root>/index/`."""
+    name = f"minhash-{cfg.index_key()}"
+    if cfg.index_dir:
+        return Path(cfg.index_dir) / name, ""
+    work = current_remote_work()
+    if work is None:
+        return out.parent.parent / "index" / name, ""
+    root = work.url.rsplit("/", 2)[0]  # <root>/dedup/<key>
+    url = f"{root}/index/{name}"
+    return store.cache_dir() / "index" / store.place_key(url), url
+
+
 def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = no_progress) -> dict:
     files = [f for ds in inputs for f in doc_files(ds)]
-    index = (Path(cfg.index_dir) if cfg.index_dir else out.parent.parent / "index") / f"minhash-{cfg.index_key()}"
+    index, shared_index = index_place(cfg, out)
     segment = out.name.removesuffix(".partial")
+    if shared_index:
+        remote_index.pull(shared_index, index)
     scratch = out / ".signed"
     scratch.mkdir(exist_ok=True)
     signed = [str(scratch / f"part-{i:05d}.parquet") for i in range(len(files))]
@@ -516,6 +534,8 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
     dup_rows = [row for job in parts for row in pq.read_table(job[3]).to_pylist()]  # in file order, as the stage always wrote them
     pq.write_table(pa.Table.from_pylist(dup_rows, DUP_SCHEMA), out / "duplicates.parquet")
     append_index_segment(index, segment, kept_index_rows(signed, dups))
+    if shared_index:
+        remote_index.push(shared_index, index, segment)
     exact = sum(1 for d in dups.values() if d[1] == "exact")
     kept_ids = pa.array([d[0] for d in dups.values()], pa.string())
     return {
@@ -527,7 +547,7 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
         "documents_out": len(ids) - len(dups),
         "index_documents_before": len(index_ids),
         "duplicates_of_index": pc.sum(pc.is_in(kept_ids, value_set=index_ids.combine_chunks())).as_py() or 0,
-        "index": str(index),
+        "index": shared_index or str(index),
     }
 
 

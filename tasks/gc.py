@@ -68,8 +68,6 @@ def superseded(root: str) -> list[str]:
 
 def _named_by_refresh(root: str) -> set[str]:
     """Every string in the data-refresh version lists: the datasets of each version."""
-    if store.is_url(root):
-        return set()  # the data-refresh flow keeps its lists on local roots only
     named: set[str] = set()
 
     def walk(value) -> None:
@@ -82,8 +80,13 @@ def _named_by_refresh(root: str) -> set[str]:
         elif isinstance(value, str):
             named.add(value)
 
-    for listing in Path(root).glob("refresh/*.json"):
-        walk(json.loads(listing.read_text()))
+    if store.is_url(root):
+        fs, base = store.filesystem(root)
+        for listing in fs.glob(f"{base}/refresh/*.json"):
+            walk(json.loads(fs.cat_file(listing)))
+    else:
+        for listing in Path(root).glob("refresh/*.json"):
+            walk(json.loads(listing.read_text()))
     return named
 
 

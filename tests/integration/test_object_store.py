@@ -326,3 +326,45 @@ def test_dask_workers_that_share_no_disk_with_the_flow_read_and_write_the_bucket
         fs.invalidate_cache()
         assert {p.removeprefix(f"{base}/{manifest.prefix}/") for p in fs.find(f"{base}/{manifest.prefix}")} == \
             {f.path for f in manifest.files}, stage
+
+
+def test_the_dedup_index_on_the_store_is_a_log_that_racing_appends_both_land_in(tmp_path, s3_server, bucket, monkeypatch):
+    """Four nodes append a segment each at once: four entries at four sequence numbers; a
+    segment appended again keeps its place; a node's mirror reads what the log says."""
+    import threading
+
+    import pyarrow as pa
+
+    from tasks import remote_index
+    from tasks.dedup import index_segments, live_index, write_index_segment
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://{bucket}/data/index/minhash-test"
+    nodes = [tmp_path / f"node-{n}" for n in range(4)]
+    for n, node in enumerate(nodes):
+        write_index_segment(node, f"batch-{n}", [f"doc-{n}"], [f"hash-{n}"], None)
+    barrier = threading.Barrier(len(nodes))
+    seqs: dict[int, int] = {}
+
+    def append(n: int) -> None:
+        barrier.wait()
+        seqs[n] = remote_index.push(url, nodes[n], f"batch-{n}")
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in range(len(nodes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(seqs.values()) == [0, 1, 2, 3], seqs
+
+    # batch-1 written again with other rows: same place, the new rows
+    write_index_segment(nodes[1], "batch-1", ["doc-1", "doc-1b"], ["hash-1", "hash-1b"], None)
+    assert remote_index.push(url, nodes[1], "batch-1") == 4
+    assert remote_index.push(url, nodes[1], "batch-1") == 4  # a rerun of the same append adds nothing
+    mirror = tmp_path / "reader"
+    rows = remote_index.pull(url, mirror)
+    assert [(s["name"], s["seq"]) for s in rows] == sorted(((f"batch-{n}", seqs[n]) for n in range(4)), key=lambda x: x[1])
+    assert [s["name"] for s in index_segments(mirror)] == [s["name"] for s in rows]
+    live = live_index(mirror, "none", pa.array([], pa.string()), 8)
+    assert sorted(live["id"].to_pylist()) == ["doc-0", "doc-1", "doc-1b", "doc-2", "doc-3"]

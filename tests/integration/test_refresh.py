@@ -169,3 +169,44 @@ def test_refresh_fetches_conditionally_processes_only_changes_and_equals_a_full_
         # rerunning a refresh (a retried flow run: the same time) reuses its datasets
         assert data_refresh_flow(cfg, at="2026-11-30T03:00:00+00:00")["tokens"] == again["tokens"]
         assert [e["version"] for e in Versions(cfg.root, first).entries] == [2, 3]
+
+
+def test_a_refresh_on_an_object_store_root_runs_on_another_node_against_the_index_in_the_bucket(tmp_path, prefect_harness, s3_server,
+                                                                                               monkeypatch):
+    """The root on S3 (moto): the first data flow on one node, the refresh on another with an
+    empty cache. The refresh deduplicates against the batches the first run kept, read from the
+    index's log in the bucket, and its list of versions is in the bucket too."""
+    from tasks import store
+    from tasks.dedup import DedupConfig
+
+    bucket = "llmill-refresh"
+    s3_server.make_bucket(bucket)
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LLMILL_CACHE_DIR", str(tmp_path / "node-a"))
+    with ChangingSite() as site:
+        cfg = config(f"s3://{bucket}/data", site.site.url)  # type: ignore[arg-type]
+        base = data_flow(cfg)
+        site.change()
+        monkeypatch.setenv("LLMILL_CACHE_DIR", str(tmp_path / "node-b"))
+        refreshed = data_refresh_flow(cfg, at="2026-11-29T03:00:00+00:00")
+
+    assert load_manifest(refreshed["raw"]).stats["changes"] == {"new": 2, "changed": 3, "gone": 0}
+
+    def ids(dataset: str) -> set[str]:
+        local = store.local_copy(dataset)
+        return {i for f in load_manifest(dataset).files if f.path.startswith("docs/") for i in pq.read_table(local / f.path)["id"].to_pylist()}
+
+    kept_before, batch = ids(base["dedup"]), ids(refreshed["clean"])
+    stats = load_manifest(refreshed["dedup"]).stats
+    assert stats["index"] == f"s3://{bucket}/data/index/minhash-{DedupConfig().index_key()}"
+    # every document the first run kept is in the index but those of this batch (its changed pages)
+    assert stats["index_documents_before"] == len(kept_before - batch) > 0, (stats, len(kept_before), len(batch))
+    tokens = load_manifest(refreshed["tokens"]).stats
+    assert tokens["version"] == 2 and tokens["added"]["documents"] == stats["documents_out"]
+    # the list of versions is in the bucket, named by the first version's token dataset
+    fs = s3_server.filesystem()
+    listings = fs.glob(f"{bucket}/data/refresh/*.json")
+    assert len(listings) == 1, listings
+    versions = Versions(cfg.root, Path(listings[0]).stem)
+    assert [e["version"] for e in versions.entries] == [2] and versions.entries[0]["tokens"] == refreshed["tokens"]
