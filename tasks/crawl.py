@@ -21,7 +21,7 @@ import json
 import random
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,6 +38,7 @@ from warcio.warcwriter import WARCWriter
 from formats.jsonl import cut_torn_tail, read_records
 from tasks.http_body import BodyDecodingError, BoundedBody, UnsupportedEncoding
 from tasks.net_guard import AddressRefused, GuardedTransport
+from tasks.pydoc_site import BASE as PYDOC_BASE
 from tasks.pydoc_site import SEED as PYDOC_SEED
 from tasks.pydoc_site import serve_pydoc
 from tasks.orchestration import STAGE_CACHE, prefect_stage
@@ -50,7 +51,7 @@ from tasks.urls import (
     origin_of,
 )
 
-VERSION = 1
+VERSION = 2  # 2: builtin:pydoc under a fixed name
 KEPT = ("page", "not_modified")  # outcomes that leave a page in the corpus
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 ROBOTS_MAX_BYTES = 500 * 1024  # of a robots.txt, what Google reads and what is stored
@@ -79,7 +80,7 @@ class CrawlConfig(BaseModel):
         False, description="allow loopback, private and link-local addresses (cloud metadata too)"
     )
     warc_file_bytes: int = Field(64_000_000, ge=1_000_000)
-    pydoc_port: int = Field(0, ge=0, le=65535, description="port of builtin:pydoc; 0 picks a free one")
+    pydoc_port: int = Field(0, ge=0, le=65535, description="port builtin:pydoc listens on (its URLs never show it); 0 picks a free one")
 
 
 # ---------------------------------------------------------------- crawl state on disk
@@ -252,6 +253,16 @@ class Outcome:
 
 
 @dataclass
+class Visit:
+    """What fetching a frontier URL found: the redirect chain and the last outcome, or how to
+    settle the URL without a page (outcome, reason)."""
+
+    chain: list[str]
+    outcome: Outcome | None = None
+    settle: tuple[str, str] | None = None
+
+
+@dataclass
 class Host:
     robots: Protego | None = None
     robots_ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -290,9 +301,10 @@ class Crawler:
     requests (If-None-Match / If-Modified-Since), so unchanged pages cost one 304 and no storage."""
 
     def __init__(self, cfg: CrawlConfig, seeds: list[str], out: Path, progress: Progress, previous: dict | None = None,
-                 trusted_origins: tuple[str, ...] = ()):
+                 trusted_origins: tuple[str, ...] = (), served: dict[str, str] | None = None):
         self.cfg = cfg
-        self.trusted_origins = set(trusted_origins)  # servers this process started (builtin:pydoc): exempt from the address rule
+        self.trusted_origins = set(trusted_origins)  # servers exempt from the address rule
+        self.served = dict(served or {})  # origin in URLs -> origin of a server this process started (builtin:pydoc)
         self.previous: dict[str, dict] = dict((previous or {}).get("urls", {}))
         self.previous_frontier: list[dict] = list((previous or {}).get("frontier", []))
         self.out = out
@@ -481,46 +493,63 @@ class Crawler:
                 await asyncio.sleep(backoff_delay(attempt, cfg, retry_after))
         return Outcome("failed", reason=last)
 
-    async def visit(self, client: httpx.AsyncClient, url: str, depth: int, queue: asyncio.Queue) -> None:
+    async def fetch_chain(self, client: httpx.AsyncClient, url: str) -> Visit:
+        """The network half of a visit: robots, the fetch and its redirects. It reads no crawl
+        state that other visits change, so visits can run at once and still be decided alike."""
         chain = [url]
         current = url
         while True:
             if not in_allowed_domains(current, self.allowed):
-                return self.settle(url, "skipped", "outside_allowed_domains")
+                return Visit(chain, settle=("skipped", "outside_allowed_domains"))
             robots = await self.robots_for(client, current)
             refusal = self.host(current).refusal
             if refusal:
-                return self.settle(url, "skipped", refusal)
+                return Visit(chain, settle=("skipped", refusal))
             if robots is not None and not robots.can_fetch(current, self.cfg.user_agent):
-                return self.settle(url, "skipped", "robots_disallowed")
+                return Visit(chain, settle=("skipped", "robots_disallowed"))
             outcome = await self.fetch(client, current)
             if outcome.kind != "redirect":
-                break
+                return Visit(chain, outcome=outcome)
             target = normalize_url(outcome.location or "", current)
             if target is None:
-                return self.settle(url, "skipped", "redirect_to_non_http")
+                return Visit(chain, settle=("skipped", "redirect_to_non_http"))
             if target in chain or len(chain) > self.cfg.max_redirects:
-                return self.settle(url, "failed", "redirect_loop" if target in chain else "too_many_redirects")
-            if target != url and (target in self.done or target in self.seen):
-                return self.settle(url, "redirect", f"to {target}")
+                return Visit(chain, settle=("failed", "redirect_loop" if target in chain else "too_many_redirects"))
             chain.append(target)
             current = target
+
+    def commit(self, url: str, depth: int, visit: Visit) -> list[tuple[str, int]]:
+        """The state half of a visit, in frontier order: settle it, store its page, and return
+        the links it adds to the frontier (in page order)."""
+        if visit.settle is not None:
+            self.settle(url, *visit.settle)
+            return []
+        chain, outcome = visit.chain, visit.outcome
+        assert outcome is not None
+        for hop in chain[1:]:  # a redirect to a page this crawl knows or will visit: recorded as an alias only
+            if hop != url and (hop in self.done or hop in self.seen):
+                self.settle(url, "redirect", f"to {hop}")
+                return []
+        current = chain[-1]
         if outcome.kind == "not_modified" or (outcome.kind == "page" and self.unchanged(current, outcome.page)):
             # an unchanged page keeps what the earlier crawl knew of it (validators, WARC file)
             known = {k: v for k, v in self.previous.get(current, {}).items() if k not in ("e", "url", "outcome", "reason", "at", "status", "warc")}
             reason = "304" if outcome.kind == "not_modified" else "same_digest"
-            return self.settle(current, "not_modified", reason, status=outcome.status, **known)
+            self.settle(current, "not_modified", reason, status=outcome.status, **known)
+            return []
         if outcome.kind != "page":
-            return self.settle(url, outcome.kind, outcome.reason, status=outcome.status)
+            self.settle(url, outcome.kind, outcome.reason, status=outcome.status)
+            return []
         page = outcome.page
         assert page is not None
         page.url = current
+        found = []
         if depth < self.cfg.max_depth:
             for link in extract_links(page.body, current):
                 if link not in self.seen and in_allowed_domains(link, self.allowed) and not looks_non_html(link):
                     self.seen[link] = depth + 1
                     self.journal.write(e="seen", url=link, depth=depth + 1)
-                    queue.put_nowait((link, depth + 1))
+                    found.append((link, depth + 1))
         warc = self.sink.write(page)
         headers = {k.lower(): v for k, v in page.headers}
         for alias in chain[:-1]:
@@ -535,6 +564,7 @@ class Crawler:
             truncated=page.truncated,
             digest=body_digest(page.body),
         )
+        return found
 
     def unchanged(self, url: str, page: Page | None) -> bool:
         """A server that ignores conditional requests resent a page byte for byte."""
@@ -552,7 +582,6 @@ class Crawler:
             self.progress(self.pages, self.cfg.max_pages)
 
     async def run(self) -> None:
-        queue: asyncio.Queue = asyncio.Queue()
         known = [(u, e.get("depth", 0)) for u, e in self.previous.items() if e.get("outcome") in KEPT]
         known += [(f["url"], f["depth"]) for f in self.previous_frontier]
         for url, depth in [(u, 0) for u in self.seeds] + known:
@@ -561,48 +590,48 @@ class Crawler:
                 self.journal.write(e="seen", url=url, depth=depth)
         # a refresh revisits the pages it knows before spending its page budget on new ones; within
         # that, by depth in discovery order (self.seen keeps the journal's order; the sort is
-        # stable), which is the order an uninterrupted crawl's FIFO queue has: a resumed crawl of
-        # one worker spends its page budget on the same pages
+        # stable), which is the order an uninterrupted crawl's frontier has: a resumed crawl spends
+        # its page budget on the same pages
         pending = sorted(((self.previous.get(u, {}).get("outcome") not in KEPT, d, u) for u, d in self.seen.items() if u not in self.done),
                          key=lambda p: p[:2])
-        for _, depth, url in pending:
-            queue.put_nowait((url, depth))
-        inflight = 0
+        frontier = deque((url, depth) for _, depth, url in pending)
         limits = httpx.Limits(max_connections=self.cfg.concurrency)
         headers = {"User-Agent": self.cfg.user_agent, "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"}
-
-        async def worker():
-            nonlocal inflight
-            while True:
-                url, depth = await queue.get()
-                try:
-                    if url in self.done or self.pages + inflight >= self.cfg.max_pages:
-                        continue  # past the page budget, it stays in the frontier
-                    inflight += 1
-                    try:
-                        await self.visit(client, url, depth, queue)
-                    finally:
-                        inflight -= 1
-                except StorageFailed:
-                    raise  # ends this worker, and run() ends the crawl with it
-                except Exception as e:  # one bad page never stops the crawl
-                    self.settle(url, "failed", f"error: {type(e).__name__}: {e}")
-                finally:
-                    queue.task_done()
-
-        trusted = {(p.hostname or "", p.port or (443 if p.scheme == "https" else 80)) for p in map(urlsplit, self.trusted_origins)}
-        transport = GuardedTransport(limits, trusted, allow_private=self.cfg.allow_private_addresses)
+        trusted = {host_port(o) for o in self.trusted_origins}
+        served = {host_port(name): host_port(real) for name, real in self.served.items()}
+        transport = GuardedTransport(limits, trusted, allow_private=self.cfg.allow_private_addresses, served=served)
+        # Up to `concurrency` visits are fetched at once, but their results are committed one by
+        # one in frontier order (a reorder buffer): which pages the budget buys, the order of the
+        # frontier and of the WARC records do not depend on which response came first, so the
+        # same site gives the same crawl. A visit starts only while the pages so far plus those
+        # in flight are under the budget: the first max_pages pages in frontier order are kept.
+        window: deque[tuple[str, int, asyncio.Task]] = deque()
         async with httpx.AsyncClient(headers=headers, limits=limits, follow_redirects=False, transport=transport) as client:
-            workers = [asyncio.create_task(worker()) for _ in range(self.cfg.concurrency)]
-            joined = asyncio.create_task(queue.join())
-            # a worker only ever returns by raising: the first one that does ends the crawl
-            done, _ = await asyncio.wait([joined, *workers], return_when=asyncio.FIRST_COMPLETED)
-            for t in (joined, *workers):
-                t.cancel()
-            await asyncio.gather(joined, *workers, return_exceptions=True)
-            failed = next((t for t in workers if t in done and not t.cancelled() and t.exception()), None)
-            if failed is not None:
-                raise failed.exception()
+            try:
+                while True:
+                    while frontier and len(window) < self.cfg.concurrency and self.pages + len(window) < self.cfg.max_pages:
+                        url, depth = frontier.popleft()
+                        if url not in self.done:
+                            window.append((url, depth, asyncio.create_task(self.fetch_chain(client, url))))
+                    if not window:
+                        break  # the frontier is empty, or the page budget is spent (the rest stays in the frontier)
+                    url, depth, task = window.popleft()
+                    try:
+                        visit = await task
+                    except Exception as e:  # one bad page never stops the crawl
+                        visit = Visit([url], settle=("failed", f"error: {type(e).__name__}: {e}"))
+                    if url in self.done:  # settled meanwhile, as the target of an earlier redirect
+                        continue
+                    try:
+                        frontier.extend(self.commit(url, depth, visit))
+                    except StorageFailed:
+                        raise  # ends the crawl
+                    except Exception as e:  # noqa: BLE001
+                        self.settle(url, "failed", f"error: {type(e).__name__}: {e}")
+            finally:
+                for _, _, task in window:
+                    task.cancel()
+                await asyncio.gather(*(task for _, _, task in window), return_exceptions=True)
 
     def close(self) -> dict:
         self.sink.close()
@@ -643,6 +672,11 @@ class Crawler:
         }
 
 
+def host_port(origin: str) -> tuple[str, int]:
+    p = urlsplit(origin)
+    return p.hostname or "", p.port or (443 if p.scheme == "https" else 80)
+
+
 def body_digest(body: bytes) -> str:
     return "sha1:" + hashlib.sha1(body).hexdigest()
 
@@ -673,7 +707,7 @@ def crawl(inputs: list[str], cfg: CrawlConfig, out: Path, progress: Progress = n
     if not cfg.seeds:
         raise ValueError("crawl.seeds is empty: give at least one URL or builtin:pydoc")
     with _served_seeds(cfg, out) as served:
-        return run_to_end(Crawler(cfg, served.seeds, out, progress, trusted_origins=served.trusted))
+        return run_to_end(Crawler(cfg, served.seeds, out, progress, served=served.served))
 
 
 def run_to_end(crawler: Crawler) -> dict:
@@ -689,29 +723,22 @@ def run_to_end(crawler: Crawler) -> dict:
 
 
 class _served_seeds:
-    """Replace builtin:pydoc by the URL of a pydoc server running while the crawl does."""
+    """Start the pydoc server for builtin:pydoc while the crawl runs. Its pages are crawled under
+    the fixed name pydoc_site.BASE, whatever port the server got, so a rerun, a resumed crawl
+    and a refresh all see the same URLs."""
 
     def __init__(self, cfg: CrawlConfig, out: Path):
         self.cfg = cfg
-        self.port_file = out / "state" / "pydoc_port"
         self.ctx = None
         self.seeds: list[str] = list(cfg.seeds)
-        self.trusted: tuple[str, ...] = ()  # the origin of the server started here, which the address rule lets through
+        self.served: dict[str, str] = {}  # fixed origin -> the origin the server listens on
 
     def __enter__(self) -> "_served_seeds":
-        seeds = list(self.cfg.seeds)
-        if PYDOC_SEED in seeds:
-            # a resumed crawl serves on its first port, so its frontier's URLs stay valid
-            port = self.cfg.pydoc_port
-            if not port and self.port_file.exists():
-                port = int(self.port_file.read_text())
-            self.ctx = serve_pydoc(port)
+        if PYDOC_SEED in self.seeds:
+            self.ctx = serve_pydoc(self.cfg.pydoc_port)
             base = self.ctx.__enter__()
-            self.port_file.parent.mkdir(parents=True, exist_ok=True)
-            self.port_file.write_text(str(int(base.rsplit(":", 1)[1].strip("/"))))
-            seeds = [base if s == PYDOC_SEED else s for s in seeds]
-            self.trusted = (origin_of(base),)
-        self.seeds = seeds
+            self.served = {origin_of(PYDOC_BASE): origin_of(base)}
+            self.seeds = [PYDOC_BASE if s == PYDOC_SEED else s for s in self.seeds]
         return self
 
     def __exit__(self, *exc):

@@ -50,13 +50,20 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     certificate and sends SNI for the URL's host: httpcore takes both from the request's origin,
     not from the address connected to."""
 
-    def __init__(self, trusted: typing.Collection[tuple[str, int]] = (), allow_private: bool = False):
+    def __init__(self, trusted: typing.Collection[tuple[str, int]] = (), allow_private: bool = False,
+                 served: typing.Mapping[tuple[str, int], tuple[str, int]] | None = None):
         self.inner = httpcore.AnyIOBackend()
         self.trusted = set(trusted)  # (host, port) of servers this process started itself
         self.allow_private = allow_private
+        # (host, port) in URLs -> where a server this process started listens: its pages keep a
+        # stable name (builtin:pydoc's), whatever port it was given (curl's --connect-to)
+        self.served = dict(served or {})
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: typing.Iterable | None = None) -> httpcore.AsyncNetworkStream:
+        if (host, port) in self.served:
+            host, port = self.served[host, port]
+            return await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
         if self.allow_private or (host, port) in self.trusted:
             return await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
         failure: Exception | None = None
@@ -82,14 +89,14 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     address checked, not the page's)."""
 
     def __init__(self, limits: httpx.Limits, trusted: typing.Collection[tuple[str, int]] = (), allow_private: bool = False,
-                 verify: ssl.SSLContext | bool = True):
+                 verify: ssl.SSLContext | bool = True, served: typing.Mapping[tuple[str, int], tuple[str, int]] | None = None):
         super().__init__(limits=limits, trust_env=False, verify=verify)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=self._pool._ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(trusted, allow_private),
+            network_backend=GuardedBackend(trusted, allow_private, served),
         )
 
 

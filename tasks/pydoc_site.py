@@ -1,14 +1,16 @@
 """`builtin:pydoc`: the running interpreter's pydoc pages of the standard library, served on
 127.0.0.1 for the duration of a crawl so the demo needs no internet.
 
-The server runs in its own process started with `-I -S`: rendering a module's page imports
-the module, so its side effects stay out of the caller, and site-packages stay off the path.
+The server runs in its own process (`-s -S -P`, an environment of its own): rendering a
+module's page imports the module, so its side effects stay out of the caller, and
+site-packages stay off the path.
 This file therefore imports nothing but the standard library.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,10 @@ import urllib.request
 from pathlib import Path
 
 SEED = "builtin:pydoc"
+# The pages' URLs, whatever port the server got: document ids are hashes of URLs, so the same
+# pages give the same corpus on every run. `.invalid` never resolves (RFC 2606); the crawler
+# connects to the server it started instead (tasks/net_guard.py: `served`).
+BASE = "http://pydoc.llmill.invalid/"
 
 # Modules whose import opens windows or browsers, prints, or runs a test suite.
 EXCLUDED_MODULES = frozenset(
@@ -26,6 +32,20 @@ EXCLUDED_MODULES = frozenset(
 )
 
 ROBOTS = "User-agent: *\nDisallow: /search\nDisallow: /getfile\nDisallow: /get?\n"
+
+# Pages show the server process's argv (the sys module's page) and its environment (default
+# values such as cgi's `environ=os.environ`): it runs with this environment and nothing of the
+# caller's, so no secret of the caller's (AWS keys, a Prefect API key) ends up in the corpus and
+# every run serves the same pages.
+# -I (or -E) would ignore PYTHONHASHSEED, and sets in default values (frozenset reprs) would be
+# ordered differently on every run: the server gets -s -P and this whole environment instead.
+SERVER_ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/nonexistent", "PYTHONHASHSEED": "0"}
+
+# Default values render as reprs such as `<object object at 0x7f3b7a0c4bb0>`, whose address
+# changes with every server process: cut to `<object object>`, so a page is the same on every run.
+# In the page the spaces are `&nbsp;` and the `>` is escaped once or twice.
+# ctypes's libraries show `, handle 7efeaaa062e0` the same way.
+ADDRESS = re.compile(r"(?:(?: |&nbsp;)at(?: |&nbsp;)0x|,(?: |&nbsp;)handle(?: |&nbsp;))[0-9a-fA-F]{4,16}(?=&amp;gt;|&gt;|>)")
 
 
 def module_allowed(name: str) -> bool:
@@ -36,6 +56,9 @@ def module_allowed(name: str) -> bool:
         and top not in EXCLUDED_MODULES
         and top in sys.stdlib_module_names
         and "__main__" not in name.split(".")  # importing `venv.__main__` runs venv: it made a venv named "0" here
+        # test suites (`distutils.tests.test_dist`, `ctypes.test`): not documentation, and their
+        # pages show per-process values (a TESTFN named by the process id)
+        and not {"test", "tests"} & set(name.split("."))
     )
 
 
@@ -82,7 +105,7 @@ def _serve(port: int) -> None:  # runs in the server process
                 return self._send(500, f"<html><body>{type(e).__name__}</body></html>")
             if "no Python documentation found" in page or "ErrorDuringImport" in page:
                 return self._send(404, page)
-            self._send(200, page)
+            self._send(200, ADDRESS.sub("", page))
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
     print(f"PORT {server.server_address[1]}", flush=True)
@@ -94,13 +117,17 @@ def serve_pydoc(port: int = 0, timeout_s: float = 30.0):
     """Yield the base URL of a pydoc server on 127.0.0.1 and stop it on exit."""
     workdir = tempfile.mkdtemp(prefix="llmill-pydoc-")  # whatever an import writes lands here, not in the caller's directory
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", str(Path(__file__).resolve()), str(port)],
+        [sys.executable, "-s", "-S", "-P", str(Path(__file__).resolve())],
         cwd=workdir,
+        env=SERVER_ENVIRONMENT,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
+        proc.stdin.write(f"{port}\n")  # not in argv or the environment: pages show both
+        proc.stdin.close()
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("PORT "):
             raise RuntimeError(f"the pydoc server did not start (port {port} busy?)")
@@ -125,4 +152,4 @@ def serve_pydoc(port: int = 0, timeout_s: float = 30.0):
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    _serve(int(sys.stdin.readline() or 0))

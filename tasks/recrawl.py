@@ -21,7 +21,7 @@ from tasks.extract import doc_id
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, load_manifest, no_progress
 
-VERSION = 1
+VERSION = 2  # 2: builtin:pydoc under a fixed name
 GONE = ("failed:http_404", "failed:http_410")
 CHANGES_SCHEMA = pa.schema([("url", pa.string()), ("doc_id", pa.string()), ("change", pa.string())])
 
@@ -54,12 +54,8 @@ def classify(previous: dict[str, dict], now: dict[str, dict]) -> list[dict]:
 def recrawl(inputs: list[str], cfg: RecrawlConfig, out: Path, progress: Progress = no_progress) -> dict:
     (raw,) = inputs
     state = previous_state(raw)
-    port_file = Path(raw) / "state" / "pydoc_port"
-    if port_file.exists():  # builtin:pydoc serves again where the earlier crawl found it
-        (out / "state").mkdir(parents=True, exist_ok=True)
-        (out / "state" / "pydoc_port").write_text(port_file.read_text())
     with _served_seeds(cfg.crawl, out) as served:
-        crawler = Crawler(cfg.crawl, served.seeds, out, progress, previous=state, trusted_origins=served.trusted)
+        crawler = Crawler(cfg.crawl, served.seeds, out, progress, previous=state, served=served.served)
         stats = run_to_end(crawler)
     changes = classify(state["urls"], crawler.done)
     pq.write_table(pa.Table.from_pylist(changes, CHANGES_SCHEMA), out / "changes.parquet")

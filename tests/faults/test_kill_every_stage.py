@@ -23,12 +23,12 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 
 from tasks.stage import load_manifest
-from tests.helpers import free_port, prefect_server
+from tests.helpers import prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 15
 
-SMALL = ["crawl.max_pages=24", "crawl.concurrency=1", "crawl.per_host_concurrency=1", "tokenizer.vocab_size=512",
+SMALL = ["crawl.max_pages=24", "tokenizer.vocab_size=512",
          "pretrain.model.preset=test-tiny", "pretrain.train.steps=20", "pretrain.train.eval_every=10", "pretrain.train.checkpoint_every=10",
          "pretrain.train.micro_batch_size=4", "pretrain.train.compile=false", "tokenize.val_fraction=0.2", "finetune.train.steps=20",
          "finetune.train.eval_every=10", "finetune.train.checkpoint_every=10", "evaluate.lm_eval.enabled=false",
@@ -61,9 +61,10 @@ def committed(root: Path) -> dict[str, str]:
     return {m.parent.parent.name: load_manifest(m.parent).run_id for m in root.glob("*/*/manifest.json")}
 
 
-def llmill_run(root: Path, server_env: dict, port: int, log: Path) -> subprocess.Popen:
+def llmill_run(root: Path, server_env: dict, log: Path) -> subprocess.Popen:
+    """`llmill run`; builtin:pydoc on whatever port is free: its pages' URLs never show it."""
     env = {**server_env, "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--set", f"root={root}", "--set", f"crawl.pydoc_port={port}"]
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--set", f"root={root}"]
     for assignment in SMALL + [f"finetune.examples.path={root.parent / 'sections.csv'}"]:
         cmd += ["--set", assignment]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, process_group=0)
@@ -120,7 +121,6 @@ def killed_and_rerun(tmp_path: Path, env: dict) -> None:
     from tests.corpus import section_examples, write_examples_csv
 
     rng = random.Random(SEED)
-    port = free_port()
     killed, reference = tmp_path / "killed" / "data", tmp_path / "reference" / "data"
     for root in (killed, reference):
         root.parent.mkdir()
@@ -128,7 +128,7 @@ def killed_and_rerun(tmp_path: Path, env: dict) -> None:
 
     kept: dict[str, str] = {}  # stage -> run id, of datasets some earlier run finished
     for n, stage in enumerate(("crawl", "extract", "dedup", "tokenize", "pretrain", "finetune")):
-        proc = llmill_run(killed, env, port, tmp_path / f"run-{n}.log")
+        proc = llmill_run(killed, env, tmp_path / f"run-{n}.log")
         try:
             deadline = time.monotonic() + 300
             while not under_way(killed, stage):
@@ -146,7 +146,7 @@ def killed_and_rerun(tmp_path: Path, env: dict) -> None:
         now = committed(killed)
         assert {s: now[s] for s in kept} == kept  # nothing an earlier run finished was computed again
         kept = now
-    final = llmill_run(killed, env, port, tmp_path / "final.log")
+    final = llmill_run(killed, env, tmp_path / "final.log")
     assert final.wait(timeout=600) == 0, (tmp_path / "final.log").read_text()[-4000:]
     done = committed(killed)
     assert {s: done[s] for s in kept} == kept
@@ -159,7 +159,7 @@ def killed_and_rerun(tmp_path: Path, env: dict) -> None:
     assert stats["pretrain"]["resumed_at_step"] >= 10
 
     # the same data as a run that nobody killed
-    uninterrupted = llmill_run(reference, env, port, tmp_path / "reference.log")
+    uninterrupted = llmill_run(reference, env, tmp_path / "reference.log")
     assert uninterrupted.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-4000:]
     assert stored_pages(killed) == stored_pages(reference)
     for stage in ("extract", "clean", "dedup"):
