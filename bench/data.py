@@ -253,6 +253,9 @@ def main() -> None:
         print(json.dumps({k: v for k, v in (dt or {}).items() if k != "rounds"}, indent=2))
         return
 
+    from bench.pii import main as pii_bench
+
+    pii = {k: v for k, v in pii_bench().items() if k not in ("missed", "wrong")}  # the clean stage's redaction on planted sets
     t_plain = plain_trafilatura(items)
     print(f"plain trafilatura loop: {t_plain:.1f}s")
     s1 = stage_runs(warc_dir, 1)
@@ -289,6 +292,7 @@ def main() -> None:
         "minhash_docs_per_s": {k.removesuffix("_s"): len(texts) / v for k, v in mh.items()},
         "minhash_speedup_vs_one_at_a_time": mh["datasketch_one_at_a_time_s"] / mh["ours_s"],
         "datatrove_docs_per_s_per_core": rate(n, dt["datatrove_wall_s"]) if dt else None,
+        "pii_planted": pii,
         "raw": {"stages_1": s1, "stages_2": s2, "flow_1": f1, "flow_2": f2, "minhash": mh, "datatrove": dt, "plain_s": t_plain},
     }
     res["flow_vs_plain_trafilatura"] = res["flow_docs_per_s_per_core"]["1"] / res["plain_trafilatura_docs_per_s"]

@@ -31,6 +31,26 @@ def test_pii_redaction_counts_each_kind():
     assert "192.168.1.10" not in out and counts["ip"] == 3
 
 
+def test_dotted_numbers_that_context_shows_are_no_address_stay():
+    cfg = PIIConfig()
+    kept = ["see Section 4.2.1.3 below", "upgrade to version 4.2.1.3", "in § 4.2.1.3 of the standard", "Figure 12.3.1.4 shows it",
+            "4.2.1.3 Scope of the change", "OID 1.3.6.1.4.1.311 names it", "the arc 1.3.6.1.4.1.21396 is ours"]
+    for text in kept:
+        assert redact(text, cfg) == (text, Counter()), text
+    for text in ("connect to 4.2.1.3 now", "8.8.8.8 is a resolver", "the host 93.184.216.34."):  # addresses in running text
+        assert redact(text, cfg)[1] == Counter({"ip": 1}), text
+
+
+def test_planted_pii_is_found_and_planted_lookalikes_are_left_alone():
+    from tests.pii_planted import score
+
+    result = score(lambda text: redact(text, PIIConfig())[0])
+    assert result["true_pii"] >= 200 and result["lookalikes"] >= 200
+    assert result["recall"] >= 0.95, result["missed"][:10]
+    assert result["precision"] >= 0.98, result["wrong"][:10]
+    assert min(result["recall_by_kind"].values()) >= 0.9, result["recall_by_kind"]
+
+
 def test_normalization():
     assert normalize_text("Cafe\u0301  \t bar\u200b\r\n\n\n\nnext\x07 line ") == "Café bar\n\nnext line"
 

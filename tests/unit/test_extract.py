@@ -116,3 +116,97 @@ def test_content_encoded_records_are_decoded_under_the_size_limit(tmp_path):
     texts = {d["url"]: d["text"] for d in docs}
     assert texts["http://enc.test/gzip"] == texts["http://enc.test/stored-decoded"] == texts[url]
     assert peak < 40 * 1024 * 1024, peak  # the bomb decodes to 64 MiB
+
+
+# A page as documentation generators write them: source wrapped at 80 columns inside paragraphs
+# and list items, inline markup across the wraps, a <pre> block, a table and a <br>.
+HARD_WRAPPED = """<!DOCTYPE html><html><head><title>Release notes</title></head><body>
+<nav><a href="/">Home</a> <a href="/about">About us</a></nav>
+<main>
+<h1>Django 1.11.5 release notes</h1>
+<p>Django 1.11.5 fixes a security issue and several bugs in 1.11.4. When the
+queryset is evaluated twice (for example by iterating over it), the reported status will
+ be affected.)</p>
+<h2>Bugfixes</h2>
+<ul class="simple">
+<li>Fixed a race condition in <code class="docutils literal"><span class="pre">QuerySet.update_or_create()</span></code> that could result
+in data loss (<a href="https://code.djangoproject.com/ticket/29499">#29499</a>).</li>
+<li><code>QueryDict.urlencode()</code> now encodes the values correctly, which
+had regressed in an earlier release of the framework after a change to quoting.</li>
+<li>Fixed a crash of the admin when the model has a <em>custom
+primary key</em> that is a UUID field and the changelist shows many rows.</li>
+<li>Fixed the status code of a retried request (if a <code>Proxy</code> answers first, the reported status will
+ be affected.)</li>
+</ul>
+<p>To upgrade, run the following commands in the project's virtual environment:<br>first
+the installer, then the migrations.</p>
+<pre>python -m pip install --upgrade django
+python manage.py migrate
+    --fake-initial
+</pre>
+<table><tr><th>Version</th><th>Released on</th></tr>
+<tr><td>Django 1.11.5 with the
+security fix</td><td>September 5, 2017</td></tr></table>
+<p>Thanks to everyone who reported these problems, and to the <strong>volunteers
+who triaged</strong> and fixed them over the summer.</p>
+</main>
+<footer>Copyright Django Software Foundation and contributors</footer>
+</body></html>"""
+
+
+def visible_words(html: str) -> list[str]:
+    """The words a browser shows in the page's main element (whitespace collapsed)."""
+    import lxml.html
+
+    main = lxml.html.document_fromstring(html).find(".//main")
+    for el in main.iter("br", "p", "li", "td", "th", "tr", "h1", "h2", "pre", "div"):  # a break after each, as rendered
+        el.tail = "\n" + (el.tail or "")
+    return main.text_content().split()
+
+
+def test_hard_wrapped_blocks_become_one_line_each_and_no_visible_word_is_lost():
+    from collections import Counter
+
+    from tasks.extract import extract_text
+
+    _, text = extract_text(HARD_WRAPPED, "https://docs.example.org/releases/1.11.5/", ExtractConfig())
+    lines = text.split("\n")
+    assert not Counter(visible_words(HARD_WRAPPED)) - Counter(text.split())  # every visible word, as often as shown
+    assert ("Django 1.11.5 fixes a security issue and several bugs in 1.11.4. When the queryset is evaluated twice (for example by "
+            "iterating over it), the reported status will be affected.)") in lines
+    assert "- Fixed a race condition in QuerySet.update_or_create() that could result in data loss (#29499)." in lines
+    assert "- QueryDict.urlencode() now encodes the values correctly, which had regressed in an earlier release of the framework " \
+           "after a change to quoting." in lines  # its own line: not glued to the item before
+    assert "- Fixed a crash of the admin when the model has a custom primary key that is a UUID field and the changelist shows many rows." in lines
+    # an explicit line break stays one; a <pre> block keeps its lines and indentation
+    assert "To upgrade, run the following commands in the project's virtual environment:" in lines and "first the installer, then the migrations." in lines
+    pre = lines.index("python -m pip install --upgrade django")
+    assert lines[pre + 1 : pre + 3] == ["python manage.py migrate", "    --fake-initial"]
+    assert "Django 1.11.5 with the security fix" in lines and "September 5, 2017" in lines  # a table cell per line
+    assert "Thanks to everyone who reported these problems, and to the volunteers who triaged and fixed them over the summer." in lines
+
+    assert "- Fixed the status code of a retried request (if a Proxy answers first, the reported status will be affected.)" in lines
+    # before: trafilatura's text keeps the source's wraps inside list items, and after a <br>
+    _, source = extract_text(HARD_WRAPPED, "https://docs.example.org/releases/1.11.5/", ExtractConfig(text_lines="source"))
+    assert {"be affected.)", "in data loss (#29499).", "first"} <= {line.strip() for line in source.split("\n")}
+
+
+def test_the_clean_stage_keeps_the_end_of_a_hard_wrapped_sentence():
+    from collections import Counter
+
+    from tasks.clean import CleanConfig, clean_document
+    from tasks.extract import extract_text
+
+    # C4's line rule on (lines under 3 words go); the rules about code-heavy pages off: this page is short
+    cfg = CleanConfig.model_validate({"language": {"enabled": False}, "gopher_quality": {"enabled": False},
+                                      "gopher_repetition": {"enabled": False}, "fineweb": {"enabled": False}})
+    for lines in ("blocks", "source"):
+        _, text = extract_text(HARD_WRAPPED, "https://docs.example.org/releases/1.11.5/", ExtractConfig(text_lines=lines))
+        rule, info = clean_document(text, cfg)
+        assert rule is None, (lines, rule)
+        lost = Counter(visible_words(HARD_WRAPPED)) - Counter(info["text"].split())  # C4: lines under 3 words are removed
+        wrapped_ends = {"be", "affected.)", "first"}  # where the source wraps a sentence after its first words
+        if lines == "blocks":  # only whole short blocks go (a heading, table headers, a code line), no part of a sentence
+            assert set(lost) == {"Bugfixes", "Version", "Released", "on", "--fake-initial"}, lost
+        else:
+            assert wrapped_ends <= set(lost), lost
