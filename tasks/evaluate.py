@@ -300,6 +300,8 @@ def evaluate(inputs: list[str], cfg: EvaluateConfig, out: Path, progress: Progre
             raise ValueError(f"evaluate needs a {needed} dataset among its inputs; got {sorted(d)}")
     sp, model = load_tokenizer(d["train_tokenizer"]), load_lm(d["pretrain"])
     result: dict = {"language_model": evaluate_lm(model, d["tokenize"], sp, cfg, progress)}
+    # the val split's 13-gram overlap with train text, before and after tokenize moved contaminated documents
+    result["language_model"]["decontamination"] = load_manifest(d["tokenize"]).stats.get("decontamination")
     result["classifier"] = None
     if "finetune" in d and load_manifest(d["finetune"]).stats.get("kind") == "classify":
         result["classifier"] = evaluate_classifier(d["finetune"], d["examples"])

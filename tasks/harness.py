@@ -22,13 +22,10 @@ TASK = "llmill_cloze"
 SENTENCE = re.compile(r"[A-Z][^.!?\n]{30,200}[.]")
 
 
-def cloze_items(docs: list[str], items: int, choices: int, seed: int = 0) -> list[dict]:
-    candidates = []
-    for doc in docs:
-        for s in SENTENCE.findall(doc):
-            words = s[:-1].split()
-            if 6 <= len(words) <= 40 and re.fullmatch(r"[A-Za-z]{3,}", words[-1]):
-                candidates.append((" ".join(words[:-1]), words[-1]))
+def cloze_items(docs: list[str], items: int, choices: int, seed: int = 0, train_ngrams=None) -> list[dict]:
+    """Items from the sentences of `docs`; with `train_ngrams` (tasks/contamination.py's index of
+    the training text), only from sentences none of whose 13-grams occur in training text."""
+    candidates = [c for c in cloze_candidates(docs) if train_ngrams is None or not contaminated(c, train_ngrams)]
     rng = random.Random(seed)
     rng.shuffle(candidates)
     vocabulary = sorted({w for _, w in candidates})
@@ -40,6 +37,23 @@ def cloze_items(docs: list[str], items: int, choices: int, seed: int = 0) -> lis
         rng.shuffle(options)
         out.append({"context": context, "choices": options, "label": options.index(answer)})
     return out
+
+
+def cloze_candidates(docs: list[str]) -> list[tuple[str, str]]:
+    """(context, last word) of every usable held-out sentence."""
+    candidates = []
+    for doc in docs:
+        for s in SENTENCE.findall(doc):
+            words = s[:-1].split()
+            if 6 <= len(words) <= 40 and re.fullmatch(r"[A-Za-z]{3,}", words[-1]):
+                candidates.append((" ".join(words[:-1]), words[-1]))
+    return candidates
+
+
+def contaminated(candidate: tuple[str, str], train_ngrams) -> bool:
+    from tasks.contamination import found, ngram_hashes
+
+    return bool(found(ngram_hashes(" ".join(candidate)), train_ngrams).any())
 
 
 def write_task(folder: Path, data_file: Path) -> None:
@@ -78,8 +92,15 @@ def lm_eval_env(base) -> dict:
 def run_lm_eval(hf_dir: Path, shards: str, sp, cfg, out: Path) -> dict:
     from tasks.evaluate import split_docs
 
+    from tasks.contamination import ngram_index
+
     out.mkdir(parents=True, exist_ok=True)
-    items = cloze_items(split_docs(shards, "val", sp), cfg.items, cfg.choices)
+    val_docs = split_docs(shards, "val", sp)
+    train_ngrams = ngram_index(split_docs(shards, "train", sp))
+    candidates = cloze_candidates(val_docs)
+    before = sum(contaminated(c, train_ngrams) for c in candidates)
+    items = cloze_items(val_docs, cfg.items, cfg.choices, train_ngrams=train_ngrams)
+    after = sum(contaminated((i["context"], i["choices"][i["label"]]), train_ngrams) for i in items)
     data = out / "cloze.jsonl"
     data.write_text("".join(json.dumps(i) + "\n" for i in items))
     write_task(out, Path(out.name) / data.name)  # relative to the dataset, as the command is
@@ -99,4 +120,8 @@ def run_lm_eval(hf_dir: Path, shards: str, sp, cfg, out: Path) -> dict:
     task = json.loads(results[-1].read_text())["results"][TASK]
     return {"task": TASK, "items": len(items), "choices": cfg.choices, "chance": 1 / cfg.choices,
             "acc": task["acc,none"], "acc_norm": task.get("acc_norm,none"), "command": shlex.join(cmd),
-            "command_cwd": "the evaluate dataset's directory (where eval.json is)"}
+            "command_cwd": "the evaluate dataset's directory (where eval.json is)",
+            # sentences sharing a 13-gram with the training text: among all usable val sentences, and among the items drawn
+            "contamination": {"candidate_sentences": len(candidates), "contaminated_candidates": before,
+                              "rate_before": round(before / len(candidates), 4) if candidates else 0.0,
+                              "rate_after": round(after / len(items), 4) if items else 0.0}}

@@ -142,6 +142,13 @@ def report_markdown(result: dict, plots: dict[str, Path]) -> str:
               f"Scored on the whole validation split: {lm['val_tokens']:,} tokens, {lm['val_bytes']:,} bytes. "
               "Bits per byte = summed negative log-likelihood / ln 2 / UTF-8 bytes of the same text; the xz and "
               "unigram baselines are computed on exactly that text.", ""]
+    dc = lm.get("decontamination")
+    if dc:
+        moved = dc.get("val_documents_moved_to_train", dc.get("val_documents_dropped", 0))
+        parts += [f"Decontaminated: {moved} of {dc['val_documents_before']} validation documents shared more than "
+                  f"{dc['max_overlap']:.0%} of their {dc['ngram']}-word n-grams with the training text and were "
+                  f"{'moved to train' if dc['action'] == 'move' else 'dropped'}; the share of validation n-grams found in "
+                  f"the training text went from {dc['val_ngram_rate_before']:.1%} to {dc['val_ngram_rate_after']:.1%}.", ""]
     if "curves" in plots:
         parts += [f"![loss curves]({plots['curves'].name})", ""]
     parts += ["### Samples", ""]
@@ -176,6 +183,11 @@ def report_markdown(result: dict, plots: dict[str, Path]) -> str:
         parts += ["## lm-evaluation-harness", "", f"Task `{e['task']}` (multiple-choice cloze from held-out sentences, "
                   f"{e['items']} items, {e['choices']} choices): acc {e['acc']:.3f}, acc_norm {e['acc_norm']:.3f}. "
                   f"Command, run in this report's directory: `{e['command']}`", ""]
+        if e.get("contamination"):
+            c = e["contamination"]
+            parts += [f"Items are drawn only from sentences that share no 13-word n-gram with the training text: "
+                      f"{c['contaminated_candidates']} of the {c['candidate_sentences']} usable validation sentences "
+                      f"({c['rate_before']:.1%}) did, and were left out (rate among the items: {c['rate_after']:.1%}).", ""]
     if "funnel" in plots:
         parts += ["## Data", "", f"![document funnel]({plots['funnel'].name})", ""]
     parts += ["See `model_card.md` and `data_card.md`.", ""]
@@ -231,6 +243,13 @@ def data_card(d: dict[str, str]) -> str:
     if "tokenize" in d:
         s = load_manifest(d["tokenize"]).stats
         lines += ["## Tokens", "", table([(k, f"{s['tokens'][k]:,}", f"{s['bytes'][k]:,}") for k in s["tokens"]], ("split", "tokens", "bytes")), ""]
+        dc = s.get("decontamination")
+        if dc:
+            moved = dc.get("val_documents_moved_to_train", dc.get("val_documents_dropped", 0))
+            lines += [f"Split by a hash of the document id, then decontaminated: {moved} of {dc['val_documents_before']} validation "
+                      f"documents with more than {dc['max_overlap']:.0%} of their {dc['ngram']}-word n-grams in the training text "
+                      f"{'moved to train' if dc['action'] == 'move' else 'dropped'}; validation n-grams found in the training text: "
+                      f"{dc['val_ngram_rate_before']:.1%} before, {dc['val_ngram_rate_after']:.1%} after.", ""]
     if "examples" in d:
         s = load_manifest(d["examples"]).stats
         lines += ["## Fine-tuning examples", "", f"Source: {s['source']}; {s['examples']} examples, {s['rejected']} rejected, "

@@ -95,3 +95,39 @@ def test_bad_inputs_give_clear_errors(built, tmp_path):
     (bad / "part-00000.arrow").write_bytes(good.read_bytes()[:200])
     with pytest.raises(ShardError, match="not a readable token shard"):
         TokenWindows(bad, 16)
+
+
+def test_val_documents_copied_from_train_text_are_moved_or_dropped(built, tmp_path):
+    """Two val documents repeat long stretches of train documents (a repeated section, shared
+    boilerplate): they leave val; the val documents that are their own stay."""
+    from tasks.tokenize import DecontaminateConfig, split_of
+
+    root, docs, tok, shards = built
+    texts = library_texts(30)
+    cfg = TokenizeConfig(val_fraction=0.3)
+    val_at = [i for i in range(len(texts)) if split_of(f"dc-{i:04d}", cfg) == "val"]
+    train_at = [i for i in range(len(texts)) if split_of(f"dc-{i:04d}", cfg) == "train"]
+    assert len(val_at) >= 4
+    copies = {val_at[0]: texts[train_at[0]][:6000] + "\nA closing note written for this page alone.",  # mostly a train page
+              val_at[1]: texts[train_at[1]][2000:5000] + "\n" + texts[val_at[1]][:1500]}  # a third of its text is not
+    corpus = corpus_dataset(tmp_path, "dc", [copies.get(i, t) for i, t in enumerate(texts)])
+
+    def val_ids(ds):
+        return {r["doc_id"] for f in (Path(ds) / "val").glob("*.docs.arrow") for r in pa.ipc.open_file(pa.memory_map(str(f))).read_all().to_pylist()}
+
+    def all_ids(ds):
+        return {r["doc_id"] for split in ("train", "val") for f in (Path(ds) / split).glob("*.docs.arrow")
+                for r in pa.ipc.open_file(pa.memory_map(str(f))).read_all().to_pylist()}
+
+    plain = run_stage("tokenize", 1, tokenize, [corpus, str(tok)], cfg.model_copy(update={"decontaminate": DecontaminateConfig(enabled=False)}), tmp_path)
+    moved = run_stage("tokenize", 1, tokenize, [corpus, str(tok)], cfg, tmp_path)
+    dropped = run_stage("tokenize", 1, tokenize, [corpus, str(tok)], cfg.model_copy(update={"decontaminate": DecontaminateConfig(action="drop")}), tmp_path)
+    copied = {f"dc-{val_at[0]:04d}", f"dc-{val_at[1]:04d}"}
+    assert val_ids(plain) == {f"dc-{i:04d}" for i in val_at}
+    assert val_ids(moved) == val_ids(dropped) == val_ids(plain) - copied
+    assert all_ids(moved) == all_ids(plain) and all_ids(dropped) == all_ids(plain) - copied
+    stats = load_manifest(moved).stats["decontamination"]
+    assert stats["val_documents_before"] == len(val_at) and stats["val_documents_moved_to_train"] == 2
+    assert stats["val_ngram_rate_before"] > 0.1 > stats["val_ngram_rate_after"], stats
+    assert load_manifest(dropped).stats["decontamination"]["val_documents_dropped"] == 2
+    assert "decontamination" not in load_manifest(plain).stats
