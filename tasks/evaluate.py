@@ -265,22 +265,58 @@ def fill(template: str, group: str) -> tuple[str, str]:
     return head, s
 
 
-def bias_probe(model: Llama, sp, path: str | Path) -> dict:
+BOOTSTRAP = 2000  # resamples of an attribute's templates
+
+
+def centred(model: Llama, sp, templates: list[str], terms: list[str]) -> np.ndarray:
+    """[template, term]: log p(the continuation | the term), minus its mean over the terms (nats)."""
+    lp = np.array([[continuation_logprob(model, sp, *fill(t, g)) for g in terms] for t in templates])
+    return lp - lp.mean(axis=1, keepdims=True)
+
+
+def spreads(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Spread (max - min over terms of the mean gap) for each resample of template rows."""
+    gaps = scores[rows].mean(axis=1)  # [resample, term]
+    return gaps.max(axis=1) - gaps.min(axis=1)
+
+
+def interval(values: np.ndarray) -> list[float]:
+    return [round(float(np.quantile(values, 0.025)), 4), round(float(np.quantile(values, 0.975)), 4)]
+
+
+def bias_probe(model: Llama, sp, path: str | Path, seed: int = 0) -> dict:
     """Per category, attribute and group: the mean over templates of the continuation's
-    log-probability minus its mean over the category's groups (nats); spread = max - min gap."""
+    log-probability minus its mean over the category's groups (nats); spread = max - min gap.
+    With a `neutral` list for the category, the same for neutral terms, and bootstrap intervals
+    over templates (the same resamples for both) of each spread and of their difference: a gap
+    counts as beyond the null when the difference's interval lies above zero."""
     spec = yaml.safe_load(Path(path).read_text())
+    rng = np.random.default_rng(seed)
     result: dict = {"templates_file": str(path), "method": "log p(template continuation | group term), centred per template",
-                    "categories": {}}
+                    "bootstrap": {"resamples": BOOTSTRAP, "over": "templates", "interval": "95%"}, "categories": {}}
     for category, groups in spec["groups"].items():
+        null_terms = (spec.get("neutral") or {}).get(category)
         per_attr = {}
         for attribute, templates in spec["templates"].items():
-            gaps = np.zeros(len(groups))
-            for t in templates:
-                lp = np.array([continuation_logprob(model, sp, *fill(t, g)) for g in groups])
-                gaps += (lp - lp.mean()) / len(templates)
-            per_attr[attribute] = {"gaps": dict(zip(groups, gaps.round(4).tolist())), "spread": float(gaps.max() - gaps.min())}
+            scores = centred(model, sp, templates, groups)
+            gaps = scores.mean(axis=0)
+            rows = rng.integers(0, len(templates), size=(BOOTSTRAP, len(templates)))
+            observed = spreads(scores, rows)
+            entry = {"gaps": dict(zip(groups, gaps.round(4).tolist())), "spread": float(gaps.max() - gaps.min()),
+                     "spread_interval": interval(observed)}
+            if null_terms:
+                null_scores = centred(model, sp, templates, null_terms)
+                null_gaps = null_scores.mean(axis=0)
+                excess = observed - spreads(null_scores, rows)
+                entry["null"] = {"terms": dict(zip(null_terms, null_gaps.round(4).tolist())),
+                                 "spread": float(null_gaps.max() - null_gaps.min()), "spread_interval": interval(spreads(null_scores, rows))}
+                entry["excess_over_null"] = round(entry["spread"] - entry["null"]["spread"], 4)
+                entry["excess_interval"] = interval(excess)
+                entry["beyond_null"] = bool(entry["excess_interval"][0] > 0)
+            per_attr[attribute] = entry
         result["categories"][category] = per_attr
     result["max_spread"] = max(a["spread"] for c in result["categories"].values() for a in c.values())
+    result["beyond_null"] = [f"{c}/{a}" for c, attrs in result["categories"].items() for a, v in attrs.items() if v.get("beyond_null")]
     return result
 
 

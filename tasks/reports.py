@@ -132,6 +132,8 @@ def headline_rows(result: dict) -> list[tuple[str, str]]:
         e = result["lm_eval"]
         rows.append((f"lm-eval {e['task']} accuracy ({e['items']} items, chance {e['chance']:.2f})", f"{e['acc']:.3f}"))
     rows.append(("bias probe: largest gap spread (nats)", f"{result['bias_probe']['max_spread']:.3f}"))
+    if "beyond_null" in result["bias_probe"]:
+        rows.append(("  attributes beyond the neutral-term null", ", ".join(result["bias_probe"]["beyond_null"]) or "none"))
     return rows
 
 
@@ -172,12 +174,22 @@ def report_markdown(result: dict, plots: dict[str, Path]) -> str:
               "sentence up to it), as the gap from the mean over the category's groups (nats, averaged over an "
               "attribute's templates; positive = the model finds the continuation likelier for that group). "
               "Caveats: few templates; the model has seen little such text; a small gap does not show the "
-              "absence of bias, and a gap shows an association in the training text, not its cause.", ""]
+              "absence of bias, and a gap shows an association in the training text, not its cause.", "",
+              "Yardstick: the same templates with the group terms replaced by neutral terms of the same kind "
+              "(`neutral` in the templates file) give the spread that arbitrary swaps produce. Intervals are 95% "
+              f"bootstrap intervals over templates ({bp.get('bootstrap', {}).get('resamples', 0)} resamples, the same "
+              "for groups and null); a spread is *beyond the null* when the interval of (spread - null spread) lies above 0.", ""]
     rows = []
     for category, attrs in bp["categories"].items():
         for attribute, v in attrs.items():
-            rows.append((category, attribute, ", ".join(f"{g} {x:+.2f}" for g, x in v["gaps"].items()), f"{v['spread']:.3f}"))
-    parts += [table(rows, ("category", "attribute", "gap per group", "spread")), ""]
+            n = v.get("null")
+            rows.append((category, attribute, ", ".join(f"{g} {x:+.2f}" for g, x in v["gaps"].items()),
+                         f"{v['spread']:.3f} [{v['spread_interval'][0]:.2f}, {v['spread_interval'][1]:.2f}]" if "spread_interval" in v else f"{v['spread']:.3f}",
+                         f"{n['spread']:.3f}" if n else "-",
+                         f"[{v['excess_interval'][0]:+.2f}, {v['excess_interval'][1]:+.2f}]" if n else "-",
+                         ("yes" if v["beyond_null"] else "no") if n else "-"))
+    parts += [table(rows, ("category", "attribute", "gap per group", "spread [95%]", "null spread", "spread - null [95%]",
+                           "beyond null")), ""]
     if result.get("lm_eval"):
         e = result["lm_eval"]
         parts += ["## lm-evaluation-harness", "", f"Task `{e['task']}` (multiple-choice cloze from held-out sentences, "

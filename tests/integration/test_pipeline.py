@@ -20,10 +20,10 @@ from tasks.harness import lm_eval_env
 from tests.helpers import all_task_states
 
 EVAL_KEYS = {
-    "language_model": {"val_loss", "val_ppl", "val_bpb", "val_tokens", "val_bytes", "baselines", "generations"},
+    "language_model": {"val_loss", "val_ppl", "val_bpb", "val_tokens", "val_bytes", "baselines", "generations", "decontamination"},
     "classifier": {"split", "examples", "accuracy", "macro", "micro", "per_class", "confusion", "labels", "baselines"},
-    "bias_probe": {"templates_file", "method", "categories", "max_spread"},
-    "lm_eval": {"task", "items", "choices", "chance", "acc", "acc_norm", "command"},
+    "bias_probe": {"templates_file", "method", "categories", "max_spread", "bootstrap", "beyond_null"},
+    "lm_eval": {"task", "items", "choices", "chance", "acc", "acc_norm", "command", "contamination"},
 }
 
 
@@ -62,6 +62,13 @@ def test_pipeline_end_to_end_then_all_cached(prefect_harness, tiny_pipeline, tmp
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     text = (report / "report.md").read_text()
     assert "xz -9 given the training text" in text and "majority-class accuracy" in text and "Bias probe" in text
+    assert "beyond null" in text and "Items are drawn only from sentences that share no 13-word n-gram" in text
+    assert evaluation["lm_eval"]["contamination"]["rate_after"] == 0.0
+    for attrs in evaluation["bias_probe"]["categories"].values():  # every attribute against its neutral-term null
+        for v in attrs.values():
+            assert v["null"]["spread"] >= 0 and v["excess_interval"][0] <= v["excess_interval"][1]
+    dc = evaluation["language_model"]["decontamination"]
+    assert dc["val_ngram_rate_after"] <= dc["val_ngram_rate_before"] and "decontaminated" in (report / "data_card.md").read_text()
     card = (report / "data_card.md").read_text()
     assert "## Deduplication" in card and "## Filters" in card and "PII redactions" in card and "## Limitations" in card
     model_card = (report / "model_card.md").read_text()
