@@ -103,7 +103,7 @@ def run(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
 def pretrain(
     config: Optional[Path] = ConfigArg,
     set_: list[str] = SetOpt,
-    documents: Optional[Path] = typer.Option(None, help="a dedup dataset; default: the data flow's (from cache)"),
+    documents: Optional[Path] = typer.Option(None, help="a documents dataset; default: the data flow's (from cache)"),
 ):
     """train_tokenizer, tokenize and pretrain on a documents dataset."""
     cfg = _load(config, set_)
@@ -114,7 +114,7 @@ def pretrain(
 
 @app.command()
 def data(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
-    """The data flow alone: crawl/ingest, extract, clean, dedup."""
+    """The data flow alone: crawl/ingest, extract, clean, dedup, paragraph dedup."""
     cfg = _load(config, set_)
     from flows.data import data_flow
 

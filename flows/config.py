@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.clean import CleanConfig
 from tasks.crawl import CrawlConfig
 from tasks.dedup import DedupConfig
+from tasks.paragraph_dedup import ParagraphDedupConfig
 from tasks.evaluate import EvaluateConfig
 from tasks.executor import ExecutorConfig
 from tasks.extract import ExtractConfig
@@ -60,6 +61,7 @@ class LlmillConfig(BaseModel):
     extract: ExtractConfig = ExtractConfig()
     clean: CleanConfig = CleanConfig()
     dedup: DedupConfig = DedupConfig()
+    paragraph_dedup: ParagraphDedupConfig = ParagraphDedupConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     pretrain: PretrainConfig = PretrainConfig()

@@ -1,4 +1,7 @@
-"""The data flow: crawl and/or ingest -> extract -> clean -> dedup."""
+"""The data flow: crawl and/or ingest -> extract -> clean -> dedup -> paragraph_dedup.
+
+Its result's `documents` is the dataset later flows train on: paragraph_dedup's output, or
+dedup's when paragraph_dedup is off."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from tasks.crawl import crawl_task
 from tasks.dedup import dedup_task
 from tasks.extract import extract_task
 from tasks.ingest import ingest_task
+from tasks.paragraph_dedup import paragraph_dedup_task
 from tasks.orchestration import call_stage
 from tasks.stage import load_manifest
 from tasks.store import resolve_root
@@ -32,7 +36,9 @@ def data_flow(config: LlmillConfig) -> dict:
     docs = call_stage(extract_task, raw, config.extract, root, config.executor)
     cleaned = call_stage(clean_task, [docs], config.clean, root, config.executor)
     deduped = call_stage(dedup_task, [cleaned], config.dedup, root, config.executor)
-    result = {"raw": raw, "docs": docs, "clean": cleaned, "dedup": deduped}
+    result = {"raw": raw, "docs": docs, "clean": cleaned, "dedup": deduped, "documents": deduped}
+    if config.paragraph_dedup.enabled:
+        result["paragraphs"] = result["documents"] = call_stage(paragraph_dedup_task, [deduped], config.paragraph_dedup, root)
     create_markdown_artifact(summary_markdown(result), key="data-summary", description="data flow summary")
     return result
 
@@ -62,8 +68,13 @@ def summary_rows(result: dict) -> list[tuple[str, str]]:
     rows.append(("exact duplicates", str(dd["exact_duplicates"])))
     rows.append(("near duplicates", str(dd["near_duplicates"])))
     rows.append(("documents after dedup", str(dd["documents_out"])))
-    for stage in ("docs", "clean", "dedup"):
-        rows.append((f"{stage} dataset", result[stage]))
+    if result.get("paragraphs"):
+        pd = load_manifest(result["paragraphs"]).stats
+        rows.append(("repeated paragraphs removed", f"{pd['paragraphs_removed']} ({pd['removed_fraction']:.1%} of the text)"))
+        rows.append(("documents after paragraph dedup", str(pd["documents_out"])))
+    for stage in ("docs", "clean", "dedup", "paragraphs"):
+        if result.get(stage):
+            rows.append((f"{stage} dataset", result[stage]))
     for raw in result["raw"]:
         rows.append(("raw dataset", raw))
     return rows

@@ -27,15 +27,16 @@ def evaluate_flow(config: LlmillConfig, datasets: list[str] | None = None) -> st
         from flows.pretrain import pretrain_flow
 
         data = data_flow(config)
-        pre = pretrain_flow(config, data["dedup"])
-        fine = finetune_flow(config, data["dedup"], pre["tokenizer"], pre["run"]) if config.finetune.enabled else None
+        pre = pretrain_flow(config, data["documents"])
+        fine = finetune_flow(config, data["documents"], pre["tokenizer"], pre["run"]) if config.finetune.enabled else None
         datasets = evaluation_inputs(data, pre, fine)
     return call_stage(evaluate_task, sorted(set(datasets)), config.evaluate, resolve_root(config.root))
 
 
 def evaluation_inputs(data: dict, pre: dict, fine: dict | None) -> list[str]:
     """The datasets evaluate reads, from the data, pretrain and finetune flows' results."""
-    datasets = [*data["raw"], data["docs"], data["clean"], data["dedup"], pre["tokenizer"], pre["shards"], pre["run"]]
+    datasets = [*data["raw"], data["docs"], data["clean"], data["dedup"], *([data["paragraphs"]] if data.get("paragraphs") else []),
+                pre["tokenizer"], pre["shards"], pre["run"]]
     return datasets + ([fine["examples"], fine["run"]] if fine else [])
 
 

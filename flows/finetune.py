@@ -26,7 +26,7 @@ def finetune_flow(config: LlmillConfig, documents: str = "", tokenizer: str = ""
         from flows.data import data_flow
         from flows.pretrain import pretrain_flow
 
-        documents = data_flow(config)["dedup"]
+        documents = data_flow(config)["documents"]
         pre = pretrain_flow(config, documents)
         tokenizer, pretrain_run = pre["tokenizer"], pre["run"]
     root = resolve_root(config.root)

@@ -15,7 +15,7 @@ LOCKED = (
     "root", "overridable", "executor.address",
     "crawl.allow_private_addresses", "crawl.pydoc_port",
     "ingest.paths", "ingest.base_url", "ingest.allow_private_addresses",
-    "dedup.index_dir", "pretrain.train.init_word_vectors", "finetune.examples.path", "finetune.train.init_word_vectors",
+    "dedup.index_dir", "paragraph_dedup.index_dir", "pretrain.train.init_word_vectors", "finetune.examples.path", "finetune.train.init_word_vectors",
     "evaluate.bias_probe",
 )
 

@@ -16,6 +16,6 @@ from flows.pretrain import pretrain_flow
 def pipeline_flow(config: LlmillConfig) -> dict:
     refuse_locked_changes(config)
     data = data_flow(config)
-    pre = pretrain_flow(config, data["dedup"])
-    fine = finetune_flow(config, data["dedup"], pre["tokenizer"], pre["run"]) if config.finetune.enabled else None
+    pre = pretrain_flow(config, data["documents"])
+    fine = finetune_flow(config, data["documents"], pre["tokenizer"], pre["run"]) if config.finetune.enabled else None
     return {"data": data, "pretrain": pre, "finetune": fine, "report": evaluate_flow(config, evaluation_inputs(data, pre, fine))}

@@ -17,13 +17,13 @@ from tasks.train_tokenizer import train_tokenizer_task
 
 @flow(name="pretrain", log_prints=True)
 def pretrain_flow(config: LlmillConfig, documents: str = "") -> dict:
-    """`documents`: a dedup (or clean) dataset directory; empty = the data flow's `dedup` output
+    """`documents`: a documents dataset (paragraph_dedup's, dedup's or clean's); empty = the data flow's `documents`
     (answered from cache when the data flow has run with this config)."""
     refuse_locked_changes(config, documents=documents)
     if not documents:
         from flows.data import data_flow
 
-        documents = data_flow(config)["dedup"]
+        documents = data_flow(config)["documents"]
     root = resolve_root(config.root)
     tokenizer = call_stage(train_tokenizer_task, [documents], config.tokenizer, root)
     shards = call_stage(tokenize_task, [documents, tokenizer], config.tokenize, root)

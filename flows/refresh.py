@@ -1,7 +1,7 @@
 """The data-refresh flow: re-crawl with conditional requests, process only what changed, and
 append its tokens as a new version of the token dataset.
 
-recrawl -> extract -> clean -> dedup (against the persisted index) -> append_tokens, each on
+recrawl -> extract -> clean -> dedup and paragraph_dedup (against their persisted indexes) -> append_tokens, each on
 the changed and new pages only, so a refresh costs in proportion to what changed. The chain of
 versions of one corpus is kept in `<root>/refresh/<first version>.json`; the first version is
 the data and tokenize flows' own output (answered from cache when they have run).
@@ -23,6 +23,7 @@ from tasks.clean import clean_task
 from tasks.dedup import dedup_task
 from tasks.extract import extract_task
 from tasks.orchestration import call_stage
+from tasks.paragraph_dedup import paragraph_dedup_task
 from tasks.pretrain import VERSION as PRETRAIN_VERSION
 from tasks.pretrain import pretrain_task
 from tasks.recrawl import RecrawlConfig, recrawl_task
@@ -80,8 +81,8 @@ def data_refresh_flow(config: LlmillConfig, at: str = "") -> dict:
     root = store.resolve_root(config.root)
     base = data_flow(config)
     crawled = next(r for r in base["raw"] if load_manifest(r).stage == "crawl")
-    tokenizer = call_stage(train_tokenizer_task, [base["dedup"]], config.tokenizer, root)
-    first = call_stage(tokenize_task, [base["dedup"], tokenizer], config.tokenize, root)
+    tokenizer = call_stage(train_tokenizer_task, [base["documents"]], config.tokenizer, root)
+    first = call_stage(tokenize_task, [base["documents"], tokenizer], config.tokenize, root)
     versions = Versions(root, first)
     earlier = versions.before(at)
     latest = earlier[-1] if earlier else {"version": 1, "raw": crawled, "tokens": first, "run": first_run(config, root, first, tokenizer),
@@ -91,9 +92,12 @@ def data_refresh_flow(config: LlmillConfig, at: str = "") -> dict:
     docs = call_stage(extract_task, [raw], config.extract, root, config.executor)
     cleaned = call_stage(clean_task, [docs], config.clean, root, config.executor)
     deduped = call_stage(dedup_task, [cleaned], config.dedup, root, config.executor)
-    tokens = call_stage(append_tokens_task, [latest["tokens"], deduped, tokenizer, raw], config.tokenize, root)
+    documents = deduped  # paragraphs are deduplicated against every earlier batch through the index
+    if config.paragraph_dedup.enabled:
+        documents = call_stage(paragraph_dedup_task, [deduped], config.paragraph_dedup, root)
+    tokens = call_stage(append_tokens_task, [latest["tokens"], documents, tokenizer, raw], config.tokenize, root)
     entry = {"version": load_manifest(tokens).stats["version"], "at": at, "raw": raw, "docs": docs, "clean": cleaned,
-             "dedup": deduped, "tokens": tokens, "run": latest.get("run"), "trained_tokens": latest.get("trained_tokens")}
+             "dedup": deduped, "paragraphs": documents if documents != deduped else None, "tokens": tokens, "run": latest.get("run"), "trained_tokens": latest.get("trained_tokens")}
     entry.update(continue_pretraining(config, root, tokenizer, entry, earlier))
     versions.record(entry)
     create_markdown_artifact(summary_markdown(versions.entries), key="data-refresh", description="data refresh versions")

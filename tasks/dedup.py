@@ -266,7 +266,7 @@ def write_index_segment(index: Path, name: str, ids, hashes, sigs) -> None:
     append_index_segment(index, name, [table])
 
 
-def append_index_segment(index: Path, name: str, tables) -> None:
+def append_index_segment(index: Path, name: str, tables, schema: pa.Schema = INDEX_SCHEMA) -> None:
     """Append a segment written from `tables` (INDEX_SCHEMA, streamed one at a time): its file
     first, then its entry in the index manifest (under a lock, so two dedup runs appending to
     one index both land). A segment written again (a rerun of the same batch) keeps its place
@@ -276,7 +276,7 @@ def append_index_segment(index: Path, name: str, tables) -> None:
     index.mkdir(parents=True, exist_ok=True)
     tmp = index / f".{name}.{uuid.uuid4().hex}.tmp"
     rows = 0
-    with pq.ParquetWriter(tmp, INDEX_SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for table in tables:
             writer.write_table(table)
             rows += table.num_rows
@@ -488,9 +488,14 @@ def filter_shard(args) -> dict:
 def index_place(cfg: DedupConfig, out: Path) -> tuple[Path, str]:
     """(the local index dedup reads and appends, the object-store index it mirrors or "").
     By default the index lives in the root beside the datasets: `<root>/index/`."""
-    name = f"minhash-{cfg.index_key()}"
-    if cfg.index_dir:
-        return Path(cfg.index_dir) / name, ""
+    return persistent_index(f"minhash-{cfg.index_key()}", cfg.index_dir, out)
+
+
+def persistent_index(name: str, index_dir: str, out: Path) -> tuple[Path, str]:
+    """Where a stage's persistent index `name` lives for the stage writing into `out`: under
+    `index_dir` when given, else `<root>/index/`; on an object-store root, a local mirror of it."""
+    if index_dir:
+        return Path(index_dir) / name, ""
     work = current_remote_work()
     if work is None:
         return out.parent.parent / "index" / name, ""

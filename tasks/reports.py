@@ -83,6 +83,8 @@ def funnel(datasets: dict[str, str]) -> list[tuple[str, int]]:
         steps.append(("after clean", load_manifest(datasets["clean"]).stats["documents_out"]))
     if "dedup" in datasets:
         steps.append(("after dedup", load_manifest(datasets["dedup"]).stats["documents_out"]))
+    if "paragraph_dedup" in datasets:
+        steps.append(("after paragraph dedup", load_manifest(datasets["paragraph_dedup"]).stats["documents_out"]))
     if "tokenize" in datasets:
         s = load_manifest(datasets["tokenize"]).stats
         steps.append(("tokenized (train + val)", s["documents"]["train"] + s["documents"]["val"]))
@@ -252,6 +254,12 @@ def data_card(d: dict[str, str]) -> str:
         rate = (s["exact_duplicates"] + s["near_duplicates"]) / max(s["documents_in"], 1)
         lines += ["## Deduplication", "", f"{s['exact_duplicates']} exact and {s['near_duplicates']} near duplicates "
                   f"removed of {s['documents_in']} ({rate:.1%}); {s['documents_out']} documents remain.", ""]
+    if "paragraph_dedup" in d:
+        s = load_manifest(d["paragraph_dedup"]).stats
+        lines += ["## Paragraph deduplication", "", f"{s['paragraphs_removed']} repeated paragraphs removed from {s['documents_changed']} "
+                  f"documents ({s['chars_removed']:,} characters, {s['removed_fraction']:.1%} of the text; kept in the first document "
+                  f"that has them); {s['documents_dropped']} documents that were mostly others' text dropped; "
+                  f"{s['documents_out']} documents remain. Removed lines: `removed.parquet` in its dataset.", ""]
     if "tokenize" in d:
         s = load_manifest(d["tokenize"]).stats
         lines += ["## Tokens", "", table([(k, f"{s['tokens'][k]:,}", f"{s['bytes'][k]:,}") for k in s["tokens"]], ("split", "tokens", "bytes")), ""]

@@ -37,7 +37,8 @@ def test_pipeline_end_to_end_then_all_cached(prefect_harness, tiny_pipeline, tmp
     assert state.is_completed(), state
     result = state.result()
     states = all_task_states(state.state_details.flow_run_id)
-    stages = {"ingest", "extract", "clean", "dedup", "train_tokenizer", "tokenize", "pretrain", "examples", "finetune", "evaluate"}
+    stages = {"ingest", "extract", "clean", "dedup", "paragraph_dedup", "train_tokenizer", "tokenize", "pretrain", "examples", "finetune",
+              "evaluate"}
     assert stages <= states.keys() and all(states[s] == "Completed" for s in stages), states
 
     report = Path(result["report"])
@@ -70,7 +71,7 @@ def test_pipeline_end_to_end_then_all_cached(prefect_harness, tiny_pipeline, tmp
     dc = evaluation["language_model"]["decontamination"]
     assert dc["val_ngram_rate_after"] <= dc["val_ngram_rate_before"] and "decontaminated" in (report / "data_card.md").read_text()
     card = (report / "data_card.md").read_text()
-    assert "## Deduplication" in card and "## Filters" in card and "PII redactions" in card and "## Limitations" in card
+    assert "## Deduplication" in card and "## Paragraph deduplication" in card and "## Filters" in card and "PII redactions" in card and "## Limitations" in card
     model_card = (report / "model_card.md").read_text()
     assert "## Pretraining" in model_card and "## Fine-tuning" in model_card and "## Metrics with baselines" in model_card
 

@@ -127,12 +127,12 @@ def test_refresh_fetches_conditionally_processes_only_changes_and_equals_a_full_
         kept = load_manifest(refreshed["clean"]).stats["documents_out"]
         assert kept >= 4 and load_manifest(refreshed["dedup"]).stats["documents_in"] == kept
         v2 = load_manifest(refreshed["tokens"]).stats
-        assert v2["version"] == 2 and v2["added"]["documents"] == load_manifest(refreshed["dedup"]).stats["documents_out"]
+        assert v2["version"] == 2 and v2["added"]["documents"] == load_manifest(refreshed["paragraphs"]).stats["documents_out"]
         assert v2["retired"]["documents"] == 3 and v2["retired"]["by_reason"]["changed"] == 3
 
         # a full rebuild of the changed site, with the same tokenizer, gives the same corpus
         rebuild_cfg = config(tmp_path / "rebuild", site.site.url)
-        rebuilt_docs = data_flow(rebuild_cfg)["dedup"]
+        rebuilt_docs = data_flow(rebuild_cfg)["documents"]
         rebuilt = run_stage("tokenize", TOKENIZE_VERSION, tokenize, [rebuilt_docs, tokenizer], rebuild_cfg.tokenize, tmp_path / "rebuild")
         full = load_manifest(rebuilt).stats
         for key in ("tokens", "documents", "bytes"):
