@@ -165,6 +165,7 @@ def clean(inputs: list[str], cfg: CleanConfig, out: Path, progress: Progress = n
         "dropped": sum(rules.values()),
         "dropped_by_rule": dict(sorted(rules.items())),
         "pii_redacted": {k: pii.get(k, 0) for k in PII_KINDS},
+        "pii_not_redacted_by_context": pii.get("ip_kept_by_context", 0),  # dotted numbers context showed are no address
     }
 
 

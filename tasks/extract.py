@@ -133,8 +133,12 @@ def _trafilatura(html: str, url: str, cfg: ExtractConfig) -> tuple[str, str]:
     if doc is None:
         return html_title(html), ""
     if cfg.text_lines == "blocks" and doc.body is not None:
+        _lines_before[0] += (doc.text or "").count("\n") + 1  # what trafilatura's own text would have had
         return html_title(html), render_blocks(doc.body)
     return html_title(html), doc.text or ""
+
+
+_lines_before = [0]  # in the process running a shard: lines in trafilatura's text of the pages rendered by block
 
 
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
@@ -353,13 +357,15 @@ def extract_shard(args) -> dict:
         check_source(source)
     private_ok = {s["url"] for s in (sources[0] if sources else []) if s.get("allow_private")}
     docs, quarantine, responses = [], [], 0
+    _lines_before[0] = 0
     for r in ranges:
         d, q, n = extract_warc(r[0], cfg, r[1], r[2], allow_private=r[0] in private_ok)
         docs += d
         quarantine += q
         responses += n
     _write_shard(docs, quarantine, docs_out, q_out)
-    return {"documents": len(docs), "quarantined": len(quarantine), "html_responses": responses, "reasons": _reasons(quarantine)}
+    return {"documents": len(docs), "quarantined": len(quarantine), "html_responses": responses, "reasons": _reasons(quarantine),
+            "lines": sum(d["text"].count("\n") + 1 for d in docs), "lines_in_trafilatura_text": _lines_before[0]}
 
 
 def _reasons(quarantine: list[dict]) -> dict[str, int]:
@@ -425,6 +431,10 @@ def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress
         "documents": sum(r["documents"] for r in results),
         "quarantined": sum(r["quarantined"] for r in results),
         "quarantined_by_reason": dict(reasons),
+        # one line per block: the lines the documents have, and those trafilatura's own text had (its
+        # extra lines are wraps of the HTML source inside blocks, which line rules would judge as lines)
+        "lines": sum(r.get("lines", 0) for r in results),
+        "lines_in_trafilatura_text": sum(r.get("lines_in_trafilatura_text", 0) for r in results),
         "backend": cfg.backend,
     }
 

@@ -111,8 +111,15 @@ def redact(text: str, cfg: PIIConfig) -> tuple[str, Counter]:
     if cfg.email and "@" in text:
         sub(EMAIL, "email", cfg.email_placeholder)
     if cfg.ip:
-        sub(IPV4, "ip", cfg.ip_placeholder,
-            lambda m: _ip_to_redact(m.group(0), cfg) and not not_an_address(m.string, m.start(), m.end()))
+        def address(m: re.Match) -> bool:
+            if not _ip_to_redact(m.group(0), cfg):
+                return False
+            if not_an_address(m.string, m.start(), m.end()):
+                counts["ip_kept_by_context"] += 1  # a syntax-only redactor would have taken it
+                return False
+            return True
+
+        sub(IPV4, "ip", cfg.ip_placeholder, address)
         if "::" in text or text.count(":") >= 2:
             sub(IPV6, "ip", cfg.ip_placeholder, lambda m: ":" in m.group(0) and _ip_to_redact(m.group(0), cfg))
     if cfg.phone and SEVEN_DIGITS.search(text):

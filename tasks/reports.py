@@ -242,13 +242,19 @@ def data_card(d: dict[str, str]) -> str:
     if "extract" in d:
         s = load_manifest(d["extract"]).stats
         lines += ["## Extraction", "", f"{s['documents']} documents from {s['html_responses']} HTML responses ({s['backend']}).", ""]
+        if s.get("lines_in_trafilatura_text"):
+            lines += [f"One line per paragraph, heading, list item or table cell: {s['lines']:,} lines, where trafilatura's own "
+                      f"text had {s['lines_in_trafilatura_text']:,} (the difference: the HTML source's wraps inside blocks, "
+                      "and table rows split into cells).", ""]
         if s["quarantined_by_reason"]:
             lines += [table(sorted(s["quarantined_by_reason"].items()), ("quarantined", "pages")), ""]
     if "clean" in d:
         s = load_manifest(d["clean"]).stats
         lines += ["## Filters", "", f"{s['documents_in']} in, {s['documents_out']} kept.", "",
                   table(sorted(s["dropped_by_rule"].items()), ("rule", "dropped")), "",
-                  "PII redactions: " + ", ".join(f"{k} {v}" for k, v in s["pii_redacted"].items()) + ".", ""]
+                  "PII redactions: " + ", ".join(f"{k} {v}" for k, v in s["pii_redacted"].items()) + "; dotted numbers left alone "
+                  f"because their context shows they are no address (section, version, heading numbers): "
+                  f"{s.get('pii_not_redacted_by_context', 0)}.", ""]
     if "dedup" in d:
         s = load_manifest(d["dedup"]).stats
         rate = (s["exact_duplicates"] + s["near_duplicates"]) / max(s["documents_in"], 1)

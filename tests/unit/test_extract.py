@@ -210,3 +210,17 @@ def test_the_clean_stage_keeps_the_end_of_a_hard_wrapped_sentence():
             assert set(lost) == {"Bugfixes", "Version", "Released", "on", "--fake-initial"}, lost
         else:
             assert wrapped_ends <= set(lost), lost
+
+
+def test_the_shard_counts_its_lines_and_those_trafilatura_s_own_text_had(tmp_path):
+    from tasks.extract import extract_shard
+
+    pages = [("https://docs.example.org/releases/1.11.5/", HARD_WRAPPED.encode(), "text/html; charset=utf-8")]
+    pages += [p for p in python_doc_pages() if p[0].endswith(("library/json.html", "library/functions.html"))]
+    warc = write_warc(tmp_path / "docs.warc.gz", pages)
+    size = warc.stat().st_size
+    result = extract_shard(([(str(warc), 0, size)], ExtractConfig(), str(tmp_path / "d.parquet"), str(tmp_path / "q.parquet")))
+    source = extract_shard(([(str(warc), 0, size)], ExtractConfig(text_lines="source"), str(tmp_path / "d2.parquet"), str(tmp_path / "q2.parquet")))
+    assert result["documents"] == 3 and result["lines_in_trafilatura_text"] == source["lines"]  # the same pages' own text
+    assert result["lines"] < result["lines_in_trafilatura_text"]  # wraps joined: fewer, whole lines
+    assert source["lines_in_trafilatura_text"] == 0  # nothing rendered by block
