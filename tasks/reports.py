@@ -139,6 +139,14 @@ def headline_rows(result: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def decontamination_sentence(dc: dict) -> str:
+    """What tokenize's decontamination did, from its manifest entry."""
+    moved = dc.get("val_documents_moved_to_train", dc.get("val_documents_dropped", 0))
+    return (f"decontaminated: {moved} of {dc['val_documents_before']} validation documents had more than {dc['max_overlap']:.0%} "
+            f"of their {dc['ngram']}-word n-grams in the training text and were {'moved to train' if dc['action'] == 'move' else 'dropped'}; "
+            f"validation n-grams found in the training text: {dc['val_ngram_rate_before']:.1%} before, {dc['val_ngram_rate_after']:.1%} after.")
+
+
 def report_markdown(result: dict, plots: dict[str, Path]) -> str:
     lm = result["language_model"]
     parts = ["# llmill evaluation report", "", table(headline_rows(result), ("figure", "value")), ""]
@@ -146,13 +154,8 @@ def report_markdown(result: dict, plots: dict[str, Path]) -> str:
               f"Scored on the whole validation split: {lm['val_tokens']:,} tokens, {lm['val_bytes']:,} bytes. "
               "Bits per byte = summed negative log-likelihood / ln 2 / UTF-8 bytes of the same text; the xz and "
               "unigram baselines are computed on exactly that text.", ""]
-    dc = lm.get("decontamination")
-    if dc:
-        moved = dc.get("val_documents_moved_to_train", dc.get("val_documents_dropped", 0))
-        parts += [f"Decontaminated: {moved} of {dc['val_documents_before']} validation documents shared more than "
-                  f"{dc['max_overlap']:.0%} of their {dc['ngram']}-word n-grams with the training text and were "
-                  f"{'moved to train' if dc['action'] == 'move' else 'dropped'}; the share of validation n-grams found in "
-                  f"the training text went from {dc['val_ngram_rate_before']:.1%} to {dc['val_ngram_rate_after']:.1%}.", ""]
+    if lm.get("decontamination"):
+        parts += ["Validation split " + decontamination_sentence(lm["decontamination"]), ""]
     if "curves" in plots:
         parts += [f"![loss curves]({plots['curves'].name})", ""]
     parts += ["### Samples", ""]
@@ -269,13 +272,8 @@ def data_card(d: dict[str, str]) -> str:
     if "tokenize" in d:
         s = load_manifest(d["tokenize"]).stats
         lines += ["## Tokens", "", table([(k, f"{s['tokens'][k]:,}", f"{s['bytes'][k]:,}") for k in s["tokens"]], ("split", "tokens", "bytes")), ""]
-        dc = s.get("decontamination")
-        if dc:
-            moved = dc.get("val_documents_moved_to_train", dc.get("val_documents_dropped", 0))
-            lines += [f"Split by a hash of the document id, then decontaminated: {moved} of {dc['val_documents_before']} validation "
-                      f"documents with more than {dc['max_overlap']:.0%} of their {dc['ngram']}-word n-grams in the training text "
-                      f"{'moved to train' if dc['action'] == 'move' else 'dropped'}; validation n-grams found in the training text: "
-                      f"{dc['val_ngram_rate_before']:.1%} before, {dc['val_ngram_rate_after']:.1%} after.", ""]
+        if s.get("decontamination"):
+            lines += ["Split by a hash of the document id, then " + decontamination_sentence(s["decontamination"]), ""]
     if "examples" in d:
         s = load_manifest(d["examples"]).stats
         lines += ["## Fine-tuning examples", "", f"Source: {s['source']}; {s['examples']} examples, {s['rejected']} rejected, "
