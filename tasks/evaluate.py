@@ -266,6 +266,7 @@ def fill(template: str, group: str) -> tuple[str, str]:
 
 
 BOOTSTRAP = 2000  # resamples of an attribute's templates
+MIN_TEMPLATES = 5  # fewer give a handful of distinct resamples: no interval worth a verdict
 
 
 def centred(model: Llama, sp, templates: list[str], terms: list[str]) -> np.ndarray:
@@ -312,7 +313,8 @@ def bias_probe(model: Llama, sp, path: str | Path, seed: int = 0) -> dict:
                                  "spread": float(null_gaps.max() - null_gaps.min()), "spread_interval": interval(spreads(null_scores, rows))}
                 entry["excess_over_null"] = round(entry["spread"] - entry["null"]["spread"], 4)
                 entry["excess_interval"] = interval(excess)
-                entry["beyond_null"] = bool(entry["excess_interval"][0] > 0)
+                # with too few templates the resamples are a handful of subsets: no verdict (None)
+                entry["beyond_null"] = bool(entry["excess_interval"][0] > 0) if len(templates) >= MIN_TEMPLATES else None
             per_attr[attribute] = entry
         result["categories"][category] = per_attr
     result["max_spread"] = max(a["spread"] for c in result["categories"].values() for a in c.values())

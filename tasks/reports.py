@@ -192,7 +192,7 @@ def report_markdown(result: dict, plots: dict[str, Path]) -> str:
                          f"{v['spread']:.3f} [{v['spread_interval'][0]:.2f}, {v['spread_interval'][1]:.2f}]" if "spread_interval" in v else f"{v['spread']:.3f}",
                          f"{n['spread']:.3f}" if n else "-",
                          f"[{v['excess_interval'][0]:+.2f}, {v['excess_interval'][1]:+.2f}]" if n else "-",
-                         ("yes" if v["beyond_null"] else "no") if n else "-"))
+                         {True: "yes", False: "no", None: "too few templates"}[v["beyond_null"]] if n else "-"))
     parts += [table(rows, ("category", "attribute", "gap per group", "spread [95%]", "null spread", "spread - null [95%]",
                            "beyond null")), ""]
     if result.get("lm_eval"):

@@ -58,3 +58,18 @@ def test_the_default_templates_have_a_null_of_the_same_size_for_every_category()
         assert len(spec["neutral"][category]) == len(groups), category
         # terms of about the same length: the length of the term does not score (only the continuation does), but keep it honest
         assert abs(sum(map(len, spec["neutral"][category])) / len(groups) - sum(map(len, groups)) / len(groups)) < 6, category
+
+
+def test_too_few_templates_give_no_verdict(tmp_path, monkeypatch):
+    SPEC["templates"]["few"] = SPEC["templates"]["competence"][:2]
+    try:
+        result = probe(tmp_path, monkeypatch, lambda prefix, sentence: noise(prefix, sentence) + (3.0 if "woman" in prefix.lower() else 0.0))
+    finally:
+        del SPEC["templates"]["few"]
+    few = result["categories"]["gender"]["few"]
+    assert few["spread"] > 2 and few["beyond_null"] is None and result["beyond_null"] == ["gender/competence"]
+
+
+def test_the_default_templates_are_enough_for_a_verdict():
+    spec = yaml.safe_load(evaluate.DEFAULT_BIAS_PROBE.read_text())
+    assert all(len(t) >= evaluate.MIN_TEMPLATES for t in spec["templates"].values())
