@@ -101,12 +101,13 @@ def minhash_peers(texts: list[str]) -> dict:
 
 
 def stage_runs(warc_dir: Path, workers: int) -> dict:
+    from flows.config import load_config
+    from formats.manifest import load_manifest
     from tasks.clean import clean
     from tasks.dedup import DedupConfig, dedup
     from tasks.extract import ExtractConfig, extract
     from tasks.ingest import IngestConfig, ingest
-    from tasks.stage import load_manifest, run_stage
-    from flows.config import load_config
+    from tasks.stage import run_stage
 
     root = WORK / f"stages-w{workers}"
     shutil.rmtree(root, ignore_errors=True)
@@ -206,7 +207,7 @@ def llmill_run(warc_dir: Path, root: Path, prefect_home: Path, extra: tuple[str,
     wall = time.perf_counter() - start
     if r.returncode:
         raise RuntimeError(f"llmill data failed: {r.stdout[-1000:]} {r.stderr[-2000:]}")
-    from tasks.stage import load_manifest
+    from formats.manifest import load_manifest
 
     dedup_manifest = max((root / "dedup").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
     return {"wall_s": wall, "documents_kept": load_manifest(dedup_manifest.parent).stats["documents_out"]}

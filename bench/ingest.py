@@ -31,10 +31,13 @@ from tests.helpers import range_server, write_warc  # noqa: E402
 
 
 def run(root: Path, paths: list[str], shard_bytes: int, workers: int) -> dict:
+    from formats.manifest import load_manifest
     from tasks.executor import ExecutorConfig, executor_scope
-    from tasks.extract import VERSION as EV, ExtractConfig, extract
-    from tasks.ingest import VERSION as IV, IngestConfig, ingest
-    from tasks.stage import load_manifest, run_stage
+    from tasks.extract import VERSION as EV
+    from tasks.extract import ExtractConfig, extract
+    from tasks.ingest import VERSION as IV
+    from tasks.ingest import IngestConfig, ingest
+    from tasks.stage import run_stage
 
     start = time.perf_counter()
     raw = run_stage("ingest", IV, ingest, [], IngestConfig(paths=paths, allow_private_addresses=True), root)

@@ -37,11 +37,16 @@ from tests.helpers import DaskCluster, write_warc  # noqa: E402
 
 def data_stages(root: Path, warc: Path, executor: ExecutorConfig, workers: int) -> tuple[float, int, dict]:
     from flows.config import load_config
-    from tasks.clean import VERSION as CV, clean
-    from tasks.dedup import VERSION as DV, DedupConfig, dedup
-    from tasks.extract import VERSION as EV, ExtractConfig, extract
-    from tasks.ingest import VERSION as IV, IngestConfig, ingest
-    from tasks.stage import load_manifest, run_stage
+    from formats.manifest import load_manifest
+    from tasks.clean import VERSION as CV
+    from tasks.clean import clean
+    from tasks.dedup import VERSION as DV
+    from tasks.dedup import DedupConfig, dedup
+    from tasks.extract import VERSION as EV
+    from tasks.extract import ExtractConfig, extract
+    from tasks.ingest import VERSION as IV
+    from tasks.ingest import IngestConfig, ingest
+    from tasks.stage import run_stage
 
     raw = run_stage("ingest", IV, ingest, [], IngestConfig(paths=[str(warc)]), root)
     clean_cfg = load_config().clean.model_copy(update={"workers": workers})

@@ -33,13 +33,18 @@ from tests.helpers import S3Server, write_warc  # noqa: E402
 
 def run(root: str, warc: Path, shard_bytes: int) -> dict:
     from flows.config import load_config
-    from tasks.clean import VERSION as CV, clean
-    from tasks.dedup import VERSION as DV, dedup
+    from formats.manifest import load_manifest
+    from tasks.clean import VERSION as CV
+    from tasks.clean import clean
+    from tasks.dedup import VERSION as DV
+    from tasks.dedup import dedup
     from tasks.executor import ExecutorConfig, executor_scope
+    from tasks.extract import VERSION as EV
+    from tasks.extract import extract
+    from tasks.ingest import VERSION as IV
+    from tasks.ingest import IngestConfig, ingest
     from tasks.orchestration import executor_layout
-    from tasks.extract import VERSION as EV, extract
-    from tasks.ingest import VERSION as IV, IngestConfig, ingest
-    from tasks.stage import load_manifest, run_stage
+    from tasks.stage import run_stage
 
     cfg = load_config()
     executor = ExecutorConfig(shard_bytes=shard_bytes)

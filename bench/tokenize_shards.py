@@ -15,11 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from model.data import TokenWindows  # noqa: E402
+from model.token_windows import TokenWindows  # noqa: E402
 from tasks.stage import run_stage  # noqa: E402
 from tasks.tokenize import TokenizeConfig, tokenize  # noqa: E402
 from tasks.train_tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402

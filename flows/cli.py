@@ -158,7 +158,6 @@ def serve(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     from prefect import serve as serve_deployments
 
     from flows.deployments import deployments, ensure_accelerator_limit
-
     from flows.results_storage import describe_results_storage
 
     ensure_accelerator_limit()
@@ -172,10 +171,9 @@ def deploy(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt,
     """Register every flow as a deployment on a work pool (how docker-compose's worker runs them)."""
     cfg = _load(config, set_)
     _require_server()
-    from flows.deployments import deployments, ensure_accelerator_limit
-
     from prefect.runner.storage import LocalStorage
 
+    from flows.deployments import deployments, ensure_accelerator_limit
     from flows.results_storage import describe_results_storage
 
     ensure_accelerator_limit()
@@ -229,7 +227,7 @@ def gc(root: Optional[str] = typer.Argument(None, help="a data root: a path or s
 def verify(root: Optional[str] = typer.Argument(None, help="a data root: a path or s3://bucket/prefix (default: the config's root)"),
            config: Optional[Path] = typer.Option(None, help="YAML config whose root to check")):
     """Check every dataset's files against its manifest (size and SHA-256); exits 1 when any differ."""
-    from tasks import store
+    from formats import store
     from tasks.verify import dataset_places, verify_dataset
 
     root = store.resolve_root(root or _load(config, []).root)

@@ -5,21 +5,20 @@ dedup's when paragraph_dedup is off."""
 
 from __future__ import annotations
 
-
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.config import LlmillConfig
 from flows.locked import refuse_locked_changes
+from formats.manifest import load_manifest
+from formats.store import resolve_root
 from tasks.clean import clean_task
 from tasks.crawl import crawl_task
 from tasks.dedup import dedup_task
 from tasks.extract import extract_task
 from tasks.ingest import ingest_task
-from tasks.paragraph_dedup import paragraph_dedup_task
 from tasks.orchestration import call_stage
-from tasks.stage import load_manifest
-from tasks.store import resolve_root
+from tasks.paragraph_dedup import paragraph_dedup_task
 
 
 @flow(name="data", log_prints=True)

@@ -9,10 +9,10 @@ from prefect import flow
 
 from flows.config import LlmillConfig
 from flows.locked import refuse_locked_changes
+from formats.store import join, local_copy, resolve_root
 from tasks.evaluate import evaluate_task
 from tasks.orchestration import call_stage
 from tasks.reports import headline_rows
-from tasks.store import join, local_copy, resolve_root
 
 
 @flow(name="evaluate", log_prints=True)

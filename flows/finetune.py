@@ -8,12 +8,13 @@ from prefect import flow
 
 from flows.config import LlmillConfig
 from flows.locked import refuse_locked_changes
+from formats.files import file_sha256
+from formats.manifest import load_manifest
+from formats.store import local_copy, resolve_root
 from model.llama import ModelConfig
 from tasks.examples import examples_task
 from tasks.finetune import finetune_task
 from tasks.orchestration import call_stage
-from tasks.stage import file_sha256, load_manifest
-from tasks.store import local_copy, resolve_root
 
 
 @flow(name="finetune", log_prints=True)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 from prefect import flow
 
 from flows.config import LlmillConfig
 from flows.locked import refuse_locked_changes
+from formats.manifest import load_manifest
+from formats.store import join, resolve_root
 from tasks.orchestration import call_stage
-from tasks.stage import load_manifest
 from tasks.pretrain import pretrain_task
-from tasks.store import join, resolve_root
 from tasks.tokenize import tokenize_task
 from tasks.train_tokenizer import train_tokenizer_task
 

@@ -18,6 +18,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.config import LlmillConfig
 from flows.locked import refuse_locked_changes
+from formats import store
+from formats.files import write_atomic
+from formats.manifest import is_dataset, load_manifest
 from tasks.append_tokens import append_tokens_task
 from tasks.clean import clean_task
 from tasks.dedup import dedup_task
@@ -27,8 +30,7 @@ from tasks.paragraph_dedup import paragraph_dedup_task
 from tasks.pretrain import VERSION as PRETRAIN_VERSION
 from tasks.pretrain import pretrain_task
 from tasks.recrawl import RecrawlConfig, recrawl_task
-from tasks.stage import is_dataset, load_manifest, stage_dir, write_atomic
-from tasks import store
+from tasks.stage import stage_dir
 from tasks.tokenize import tokenize_task
 from tasks.train_tokenizer import train_tokenizer_task
 

@@ -7,8 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-IGNORE = -100  # the label of a position the loss skips (torch's cross_entropy default ignore_index)
-
 
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity (taskset, a pinned container or test

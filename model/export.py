@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from formats.tokenizer import BOS, EOS, PAD
 from model.llama import Llama, ModelConfig
-from tasks.train_tokenizer import BOS, EOS, PAD
 
 
 def hf_name(name: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from model.gemm import onednn_applies, mm_t
+from model.gemm import mm_t, onednn_applies
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

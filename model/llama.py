@@ -19,6 +19,7 @@ from model.config import PRESETS, ModelConfig  # noqa: F401 - re-exported; the c
 from model.fused import linear_cross_entropy, rms_norm, rope, swiglu
 from model.gemm import Linear
 
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()

@@ -16,10 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from model.data import TokenWindows
-from model.examples import IGNORE, ExampleSet
+from formats.example_files import IGNORE
+from model.example_batches import ExampleSet
 from model.heads import Classifier
 from model.llama import Llama
+from model.token_windows import TokenWindows
 
 
 def _all_reduce(values: list[float], world: int) -> list[float]:

@@ -20,7 +20,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-
 from typing import Literal
 
 import torch
@@ -29,9 +28,9 @@ from pydantic import BaseModel, ConfigDict
 
 from formats.jsonl import cut_torn_tail, read_records
 from model.config import HeadConfig, TrainConfig, usable_cpus
-from model.data import step_slice
 from model.llama import ModelConfig, load_word_vectors, param_groups
 from model.objectives import make_objective
+from model.token_windows import step_slice
 
 
 class RunSpec(BaseModel):

@@ -15,12 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from model.data import doc_index, split_shards
-from tasks.clean import doc_files
+from formats.documents import doc_files
+from formats.manifest import Manifest, load_manifest
+from formats.token_shards import SPLITS, doc_index, split_shards
+from formats.tokenizer import load_tokenizer
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.recrawl import changed_urls
-from tasks.stage import Manifest, Progress, load_manifest, no_progress
-from tasks.tokenize import SPLITS, TokenizeConfig, encode_files, load_tokenizer, split_stats
+from tasks.stage import Progress, no_progress
+from tasks.tokenize import TokenizeConfig, encode_files, split_stats
 
 VERSION = 1
 RETIRED_SCHEMA = pa.schema([("shard", pa.string()), ("doc_id", pa.string()), ("split", pa.string()),

@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
+from formats.documents import DOC_SCHEMA, doc_files
 from tasks.executor import ExecutorConfig, map_shards
-from tasks.extract import DOC_SCHEMA
+from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.pii import PIIConfig, redact
 from tasks.quality import (
     C4Config,
@@ -33,8 +34,7 @@ from tasks.quality import (
     gopher_repetition,
     words_of,
 )
-from tasks.orchestration import STAGE_CACHE, prefect_stage
-from tasks.stage import Progress, load_manifest, no_progress
+from tasks.stage import Progress, no_progress
 
 VERSION = 2  # 2: dropped/ is redacted too
 
@@ -136,11 +136,6 @@ def clean_shard(args) -> dict:
     pq.write_table(pa.Table.from_pylist(kept, CLEAN_SCHEMA), kept_out, compression="zstd")
     pq.write_table(pa.Table.from_pylist(dropped, DROPPED_SCHEMA), dropped_out, compression="zstd")
     return {"in": len(rows), "kept": len(kept), "rules": dict(rules), "pii": dict(pii)}
-
-
-def doc_files(dataset: str, folder: str = "docs") -> list[Path]:
-    m = load_manifest(dataset)
-    return [Path(dataset) / f.path for f in m.files if f.path.startswith(folder + "/") and f.path.endswith(".parquet")]
 
 
 def clean(inputs: list[str], cfg: CleanConfig, out: Path, progress: Progress = no_progress) -> dict:

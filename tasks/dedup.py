@@ -32,12 +32,15 @@ import xxhash
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tasks.clean import doc_files
-from tasks import remote_index, store
+from formats import store
+from formats.documents import doc_files
+from formats.files import file_sha256, write_atomic
+from formats.manifest import digest_of
+from tasks import remote_index
 from tasks.executor import ExecutorConfig, map_shards
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.remote_shards import current_remote_work
-from tasks.stage import Progress, digest_of, file_sha256, no_progress, write_atomic
+from tasks.stage import Progress, no_progress
 
 VERSION = 1
 MAX_HASH = np.uint64((1 << 32) - 1)

@@ -23,12 +23,15 @@ import yaml
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
+from formats.files import write_atomic
+from formats.manifest import load_manifest
+from formats.store import local_copy
+from formats.token_shards import split_docs, split_tokens
+from formats.tokenizer import BOS, EOS, load_tokenizer
 from model.config import ModelConfig
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.scores import bits_per_byte, classification_scores, unigram_bpb, xz_baselines
-from tasks.stage import Progress, load_manifest, no_progress, write_atomic
-from tasks.store import local_copy
-from tasks.train_tokenizer import BOS, EOS, MODEL_FILE
+from tasks.stage import Progress, no_progress
 
 if TYPE_CHECKING:  # torch loads only when a model is evaluated: the config tree imports this module
     from model.llama import Llama
@@ -77,24 +80,6 @@ def load_lm(run: str | Path, weights: str = "final") -> Llama:
     return model.eval()
 
 
-def split_tokens(shards: str | Path, split: str) -> np.ndarray:
-    from model.data import live_tokens, split_shards
-
-    parts = [live_tokens(f, retired) for f, retired in split_shards(shards, split)]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
-
-
-def split_docs(shards: str | Path, split: str, sp) -> list[str]:
-    """The split's documents, decoded from the shards in stream order."""
-    from model.data import live_documents, open_tokens, split_shards
-
-    docs = []
-    for f, retired in split_shards(shards, split):
-        tokens = open_tokens(f)
-        docs += [sp.decode(tokens[start : start + length].tolist()) for _, start, length in live_documents(f, retired)]
-    return docs
-
-
 def as_text(docs: list[str]) -> str:
     """Each document followed by one newline, the byte that stands for </s>."""
     return "".join(d + "\n" for d in docs)
@@ -128,12 +113,6 @@ def _stream_nll(model: Llama, tokens: np.ndarray, batch_size: int, progress: Pro
             count += y.numel()
         progress(min(b + batch_size, len(starts)), len(starts))
     return total, count
-
-
-def load_tokenizer(tokenizer: str):
-    import sentencepiece as spm
-
-    return spm.SentencePieceProcessor(model_file=str(Path(tokenizer) / MODEL_FILE))
 
 
 def evaluate_lm(model: Llama, shards: str, sp, cfg: EvaluateConfig, progress: Progress = no_progress) -> dict:
@@ -198,7 +177,7 @@ def predict_classes(run: str, examples: str, split: str, batch_size: int = 16) -
 
 
 def _predict_classes(run: str, examples: str, split: str, batch_size: int) -> list[int]:
-    from model.examples import ExampleSet
+    from model.example_batches import ExampleSet
     from model.export import load_weights
     from model.heads import Classifier
 

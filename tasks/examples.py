@@ -27,15 +27,15 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.config import IGNORE
-from tasks.clean import doc_files
+from formats.documents import doc_files
+from formats.example_files import IGNORE, SPLITS, write_examples
+from formats.files import write_atomic
+from formats.manifest import load_manifest
+from formats.tokenizer import BOS, EOS, load_tokenizer
 from tasks.orchestration import STAGE_CACHE, prefect_stage
-from tasks.stage import Progress, load_manifest, no_progress, write_atomic
-from tasks.tokenize import write_ipc
-from tasks.train_tokenizer import BOS, EOS, MODEL_FILE
+from tasks.stage import Progress, no_progress
 
 VERSION = 1
-SPLITS = ("train", "val", "test")
 
 
 class ExamplesConfig(BaseModel):
@@ -56,7 +56,7 @@ class ExamplesError(ValueError):
     pass
 
 
-def split_of(key: str, cfg: ExamplesConfig) -> str:
+def example_split(key: str, cfg: ExamplesConfig) -> str:
     u = int.from_bytes(hashlib.sha1(f"{cfg.seed}:{key}".encode()).digest()[:8], "big") / 2**64
     if u < cfg.test_fraction:
         return "test"
@@ -137,12 +137,10 @@ def truncate_sft(prompt: list[int], response: list[int], budget: int) -> tuple[l
 
 
 def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progress = no_progress) -> dict:
-    import sentencepiece as spm
-
     docs, tok = inputs
     if cfg.max_tokens < 2:
         raise ExamplesError("examples.max_tokens must be set (the pipeline sets it to the model's context)")
-    sp = spm.SentencePieceProcessor(model_file=str(Path(tok) / MODEL_FILE))
+    sp = load_tokenizer(tok)
     if cfg.path:
         rows = rows_from_file(cfg)
     elif cfg.kind == "classify":
@@ -164,7 +162,7 @@ def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progre
     if not kept:
         raise ExamplesError(f"no usable examples: all {len(rows)} rows were rejected ({rejected[0]['reason'] if rejected else 'none read'})")
     for r in kept:
-        r["split"] = r.get("split") or split_of(str(r.get("id") or r[text_key]), cfg)
+        r["split"] = r.get("split") or example_split(str(r.get("id") or r[text_key]), cfg)
 
     labels: list[str] = []
     if cfg.kind == "classify":
@@ -207,14 +205,12 @@ def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progre
     for split, col in columns.items():
         if not col["id"]:
             continue
-        table = {"id": pa.array(col["id"]), "text": pa.array(col["text"]), "input_ids": pa.array(col["input_ids"], pa.list_(pa.int32()))}
         if cfg.kind == "classify":
-            table["label"] = pa.array(col["label"], pa.int32())
+            write_examples(out / f"{split}.arrow", col["id"], col["text"], col["input_ids"], label=col["label"])
             counts[split] = {labels[k]: c for k, c in sorted(Counter(col["label"]).items())}
         else:
-            table["labels"] = pa.array(col["labels"], pa.list_(pa.int32()))
+            write_examples(out / f"{split}.arrow", col["id"], col["text"], col["input_ids"], labels=col["labels"])
             counts[split] = len(col["id"])
-        write_ipc(out / f"{split}.arrow", pa.table(table))
     if "train" not in counts:
         raise ExamplesError("no example reached the training split")
     write_atomic(out / "labels.json", json.dumps(labels).encode())

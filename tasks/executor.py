@@ -32,9 +32,11 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from formats.files import write_atomic
+from formats.manifest import digest_of
 from model.config import usable_cpus
 from tasks.remote_shards import current_remote_work, run_remote_shard, shard_plan, take_back
-from tasks.stage import Progress, code_version, digest_of, no_progress, source_digest, write_atomic
+from tasks.stage import Progress, code_version, no_progress, source_digest
 
 MARKERS = ".shards"
 

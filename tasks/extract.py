@@ -25,10 +25,12 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
+from formats.documents import DOC_SCHEMA, doc_id
+from formats.manifest import load_manifest
 from tasks.executor import ExecutorConfig, current_executor, map_shards
 from tasks.http_body import BodyDecodingError, BoundedBody, UnsupportedEncoding
 from tasks.orchestration import STAGE_CACHE, prefect_stage
-from tasks.stage import Progress, load_manifest, no_progress
+from tasks.stage import Progress, no_progress
 from tasks.text_blocks import render as render_blocks
 from tasks.warc_ranges import describe, file_split_points, open_range, plan_shards
 
@@ -36,20 +38,6 @@ VERSION = 3  # 3: one line per block (text_lines)
 PRELOAD = ["tasks.extract", "trafilatura", "warcio"]  # what the shard processes' forkserver imports once
 EXECUTOR_LAYOUT = ("shard_bytes",)  # the executor settings the output's part files depend on
 
-DOC_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("url", pa.string()),
-        ("title", pa.string()),
-        ("text", pa.string()),
-        ("fetched_at", pa.string()),
-        ("warc_record_id", pa.string()),
-        ("digest", pa.string()),
-        ("warc_file", pa.string()),
-        ("html_bytes", pa.int64()),
-        ("truncated", pa.bool_()),
-    ]
-)
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("url", pa.string()),
@@ -77,10 +65,6 @@ class ExtractConfig(BaseModel):
                               "(tasks/text_blocks.py); source: trafilatura's text, which keeps the HTML source's line wraps")
     min_text_chars: int = Field(1, ge=1)
     workers: int = Field(0, ge=0, description="shards at once on the local executor; 0 = one per core")
-
-
-def doc_id(url: str) -> str:
-    return hashlib.sha1(url.encode()).hexdigest()[:16]
 
 
 class Quarantined(Exception):

@@ -14,14 +14,14 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.config import HeadConfig, TrainConfig
-from model.config import ModelConfig
+from formats.manifest import load_manifest
+from formats.store import local_copy
+from formats.tokenizer import tokenizer_path
+from model.config import HeadConfig, ModelConfig, TrainConfig
 from tasks.examples import ExamplesConfig
 from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
-from tasks.pretrain import loss_plot_markdown, plot_losses, training_events
-from tasks.stage import Progress, load_manifest, no_progress
-from tasks.store import local_copy
-from tasks.train_tokenizer import MODEL_FILE
+from tasks.reports import loss_plot_markdown, plot_curves, training_events
+from tasks.stage import Progress, no_progress
 
 VERSION = 1
 
@@ -71,7 +71,7 @@ def finetune(inputs: list[str], cfg: FinetuneConfig, out: Path, progress: Progre
     train = cfg.train
     if ex["kind"] == "sft" and not train.select_metric.endswith(("loss", "ppl")):
         train = train.model_copy(update={"select_metric": "val_loss"})
-    spec = RunSpec(model=model_cfg, train=TrainConfig.model_validate({**train.model_dump(), "seq_len": seq_len}), tokenizer=str(Path(tok) / MODEL_FILE),
+    spec = RunSpec(model=model_cfg, train=TrainConfig.model_validate({**train.model_dump(), "seq_len": seq_len}), tokenizer=str(tokenizer_path(tok)),
                    objective=ex["kind"], examples=str(examples), head=head, out=str(out),
                    init_from=str(Path(run) / "final" / "model.safetensors"))
 
@@ -82,7 +82,7 @@ def finetune(inputs: list[str], cfg: FinetuneConfig, out: Path, progress: Progre
 
         best = out / "best" if (out / "best").exists() else out / "final"
         export_hf(best / "model.safetensors", model_cfg, spec.tokenizer, out / "hf")
-    plot_losses(out / "metrics.jsonl", out / "loss.png")
+    plot_curves({"fine-tuning": out}, out / "loss.png")
     return {**summary, "kind": ex["kind"], "labels": ex["labels"], "head": head.model_dump(), "model": model_cfg.model_dump()}
 
 
@@ -92,6 +92,6 @@ def finetune_task(inputs: list[str], cfg: FinetuneConfig, root: str) -> str:
 
     with accelerator_slot():
         out = prefect_stage("finetune", VERSION, finetune, inputs, cfg, root, resumable=True)
-    create_markdown_artifact(loss_plot_markdown(local_copy(out)).replace("Pretraining", "Fine-tuning"), key="finetune-loss-curve",
+    create_markdown_artifact(loss_plot_markdown(local_copy(out), "Fine-tuning"), key="finetune-loss-curve",
                              description="fine-tuning loss")
     return out

@@ -22,8 +22,9 @@ import json
 import shutil
 from pathlib import Path
 
-from tasks import store
-from tasks.stage import MANIFEST, StageLock, load_manifest
+from formats import store
+from formats.manifest import MANIFEST, load_manifest
+from tasks.stage import StageLock
 from tasks.verify import dataset_places
 
 

@@ -90,7 +90,7 @@ def lm_eval_env(base) -> dict:
 
 
 def run_lm_eval(hf_dir: Path, shards: str, sp, cfg, out: Path) -> dict:
-    from tasks.evaluate import split_docs
+    from formats.token_shards import split_docs
 
     from tasks.contamination import ngram_index
 

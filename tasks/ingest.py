@@ -27,8 +27,10 @@ from fsspec.implementations.local import LocalFileSystem
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
+from formats.files import write_atomic
+from formats.manifest import digest_of
 from tasks.orchestration import STAGE_CACHE, prefect_stage
-from tasks.stage import Progress, digest_of, no_progress, write_atomic
+from tasks.stage import Progress, no_progress
 from tasks.urls import private_address_reason
 from tasks.warc_ranges import describe, source_fs
 

@@ -21,8 +21,9 @@ from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
+from formats.manifest import is_dataset, load_manifest
 from tasks.executor import ExecutorConfig, executor_scope
-from tasks.stage import StageFn, is_dataset, load_manifest, run_stage, source_layout, stage_dir
+from tasks.stage import StageFn, run_stage, source_layout, stage_dir
 
 
 def artifact_key(stage: str) -> str:
@@ -132,8 +133,8 @@ def accelerator_slot():
         with concurrency(ACCELERATOR_LIMIT, occupy=1, strict=True):
             yield
         return
+    from formats.store import cache_dir
     from tasks.stage import StageLock
-    from tasks.store import cache_dir
 
     with StageLock(cache_dir() / "accelerator.lock", wait_s=ACCELERATOR_WAIT_S, what="the accelerator (another training holds it)"):
         yield

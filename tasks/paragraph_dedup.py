@@ -31,11 +31,12 @@ import xxhash
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
+from formats.documents import doc_files
+from formats.manifest import digest_of
 from tasks import remote_index
-from tasks.clean import doc_files
 from tasks.dedup import append_index_segment, index_segments, normalize_for_hash, persistent_index
 from tasks.orchestration import STAGE_CACHE, prefect_stage
-from tasks.stage import Progress, digest_of, no_progress
+from tasks.stage import Progress, no_progress
 
 VERSION = 1
 # one row per (paragraph, document that has it), `kept` where the document kept it; hash 0 marks

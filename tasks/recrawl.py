@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.crawl import KEPT, Crawler, CrawlConfig, _served_seeds, run_to_end
-from tasks.extract import doc_id
+from formats.documents import doc_id
+from formats.manifest import load_manifest
+from tasks.crawl import KEPT, CrawlConfig, Crawler, _served_seeds, run_to_end
 from tasks.orchestration import STAGE_CACHE, prefect_stage
-from tasks.stage import Progress, load_manifest, no_progress
+from tasks.stage import Progress, no_progress
 
 VERSION = 2  # 2: builtin:pydoc under a fixed name
 GONE = ("failed:http_404", "failed:http_410")

@@ -22,8 +22,8 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks import store
-from tasks.stage import file_sha256, write_atomic
+from formats import store
+from formats.files import file_sha256, write_atomic
 
 LOG = "log"
 SEGMENTS = "segments"

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tasks import store
-from tasks.stage import FileEntry, _parquet_rows, file_sha256
+from formats import store
+from formats.files import file_sha256
+from formats.manifest import FileEntry, file_rows
 
 
 def is_working_file(rel: str) -> bool:
@@ -108,7 +109,7 @@ def _rewrite(obj: Any, change: Callable[[str], str]) -> Any:
 
 
 def entry_for(path: Path, rel: str) -> FileEntry:
-    return FileEntry(path=rel, bytes=path.stat().st_size, rows=_parquet_rows(path), sha256=file_sha256(path))
+    return FileEntry(path=rel, bytes=path.stat().st_size, rows=file_rows(path), sha256=file_sha256(path))
 
 
 # --- the flow's side ---------------------------------------------------------------------

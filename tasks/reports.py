@@ -8,7 +8,9 @@ import json
 import time
 from pathlib import Path
 
-from tasks.stage import load_manifest, write_atomic
+from formats.files import write_atomic
+from formats.manifest import load_manifest
+from tasks.stage import Progress
 
 LIMITATIONS = """- Trained on a small crawl of one site; it knows that site's vocabulary and style and little else.
 - A few million parameters and minutes of CPU time: fluent fragments, no reliable facts. Do not use its
@@ -27,12 +29,15 @@ def _plt():
 
 
 def plot_curves(runs: dict[str, Path], dest: Path) -> Path | None:
+    """Train and validation loss of each run directory (its metrics.jsonl), side by side; None
+    when no run has logged a loss yet."""
+    from formats.jsonl import read_records
+
     plt = _plt()
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), dpi=100, squeeze=False)
     drawn = False
     for ax, (name, run) in zip(axes[0], runs.items()):
-        path = run / "metrics.jsonl"
-        rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+        rows = read_records(run / "metrics.jsonl")
         train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
         if train:
@@ -49,6 +54,28 @@ def plot_curves(runs: dict[str, Path], dest: Path) -> Path | None:
     fig.savefig(dest)
     plt.close(fig)
     return dest if drawn else None
+
+
+def loss_plot_markdown(run_dir: Path, title: str) -> str:
+    """A run's loss.png as a Prefect markdown artifact (the image inline)."""
+    png = run_dir / "loss.png"
+    if not png.exists():
+        return "no loss curve"
+    data = base64.b64encode(png.read_bytes()).decode()
+    return f"# {title} loss\n\n![loss curve](data:image/png;base64,{data})\n\n`{png}`\n"
+
+
+def training_events(progress: Progress, steps: int):
+    """The trainer's JSON events -> log lines (Prefect captures prints) and the progress bar."""
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "metrics":
+            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in event.items() if k != "event"}))
+            progress(event["step"], steps)
+        elif event.get("event") in ("start", "early_stop", "done"):
+            print(json.dumps(event))
+
+    return on_event
 
 
 def plot_confusion(confusion: list[list[int]], labels: list[str], dest: Path) -> Path:

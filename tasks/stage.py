@@ -1,10 +1,10 @@
-"""The dataset contract shared by every stage (see DESIGN.md).
+"""How every stage runs (see DESIGN.md): where its dataset goes, the lock, the commit.
 
-A dataset is a place holding data files and, written last, `manifest.json`. On a local disk a
-stage writes into `<name>.partial/` beside its final place and renames it into place when done;
-on an object store it uploads the files under an attempt prefix and creates the manifest
-create-only (tasks/store.py says why no lock and no rename). Either way a place without a
-manifest never counts as a dataset.
+A dataset is a place holding data files and, written last, `manifest.json` (formats/manifest.py).
+On a local disk a stage writes into `<name>.partial/` beside its final place and renames it into
+place when done; on an object store it uploads the files under an attempt prefix and creates the
+manifest create-only (formats/store.py says why no lock and no rename). Either way a place
+without a manifest never counts as a dataset.
 """
 
 from __future__ import annotations
@@ -20,56 +20,8 @@ from typing import Any, Callable, Protocol
 
 from pydantic import BaseModel
 
-MANIFEST = "manifest.json"
-
-
-class FileEntry(BaseModel):
-    path: str
-    bytes: int
-    rows: int | None = None
-    sha256: str
-
-
-class Manifest(BaseModel):
-    stage: str
-    stage_version: int
-    code_version: str
-    config: dict[str, Any]
-    inputs: list[str]  # digests of the input manifests
-    files: list[FileEntry]
-    stats: dict[str, Any]
-    created_at: float
-    run_id: str
-    prefix: str = ""  # where the files are under the place: "" locally, the attempt prefix on an object store
-
-    @property
-    def digest(self) -> str:
-        # what the dataset is, not where its bytes lie: a local copy of a remote dataset has the same digest
-        return digest_of(self.model_dump(mode="json", exclude={"prefix"}))
-
-
-def digest_of(obj: Any) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def load_manifest(path: str | Path) -> Manifest:
-    """The manifest of the dataset at `path`; a clear error when it is not a dataset."""
-    from tasks import store
-
-    try:
-        text = store.read_bytes(store.join(path, MANIFEST))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is not a dataset: it has no {MANIFEST}") from None
-    return Manifest.model_validate_json(text)
-
-
-def is_dataset(path: str | Path) -> bool:
-    from tasks import store
-
-    if store.is_url(path):
-        return store.exists(store.join(path, MANIFEST))
-    return (Path(path) / MANIFEST).is_file()
+from formats.files import file_sha256, fsync_dir, fsync_file, write_atomic
+from formats.manifest import MANIFEST, FileEntry, Manifest, digest_of, file_rows, is_dataset, load_manifest
 
 
 def code_version() -> str:
@@ -95,9 +47,9 @@ def source_digest() -> str:
     """A digest of llmill's own source files: equal only where the same code would run."""
     base = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for package in ("tasks", "model", "flows"):
-        for f in sorted((base / package).glob("*.py")):
-            h.update(f"{package}/{f.name}\0".encode())
+    for package in ("formats", "tasks", "model", "flows"):
+        for f in sorted((base / package).rglob("*.py")):
+            h.update(f"{f.relative_to(base)}\0".encode())
             h.update(f.read_bytes())
     return h.hexdigest()
 
@@ -114,7 +66,7 @@ def stage_dir(root: str | Path, stage: str, version: int, cfg: BaseModel, inputs
     if layout:
         place["layout"] = layout
     key = digest_of(place)[:16]
-    from tasks import store
+    from formats import store
 
     return store.join(root, stage, key)
 
@@ -129,55 +81,6 @@ def source_layout(module: str, cfg: BaseModel, layout: dict | None) -> dict | No
         return layout
     return {**(layout or {}), "sources": state(cfg)}
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _parquet_rows(path: Path) -> int | None:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    if path.suffix == ".arrow":
-        import pyarrow as pa
-
-        with pa.memory_map(str(path)) as src:
-            try:
-                reader = pa.ipc.open_file(src)
-            except pa.ArrowInvalid:  # an Arrow stream, not a file: rows unknown without reading it all
-                return None
-            return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-    return None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: after a crash the file is the old or the new
-    one, whole, never empty (a rename can reach the disk before the data it names)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 class Progress(Protocol):
@@ -290,11 +193,11 @@ def run_stage(
     out = stage_dir(root, stage, version, cfg, inputs, source_layout(fn.__module__, cfg, layout))
     if is_dataset(out):
         return out
-    from tasks import store
+    from formats import store
 
     if store.is_url(out):
         # an object store: work in a node-local partial directory on local copies of the inputs,
-        # then upload under an attempt prefix and create the manifest (tasks/store.py)
+        # then upload under an attempt prefix and create the manifest (formats/store.py)
         partial = store.cache_dir() / "partial" / f"{store.place_key(str(out))}.partial"
         local_inputs = [str(store.local_copy(p)) for p in inputs]
     else:
@@ -340,7 +243,7 @@ def run_stage(
                 FileEntry(
                     path=str(f.relative_to(partial)),
                     bytes=f.stat().st_size,
-                    rows=_parquet_rows(f),
+                    rows=file_rows(f),
                     sha256=file_sha256(f),
                 )
             )
@@ -381,7 +284,7 @@ def _commit_to_store(partial: Path, out: str, manifest: Manifest, work) -> None:
     """Upload the files under this attempt's prefix (but those Dask workers uploaded already),
     then create the manifest; the loser of a race keeps the winner's dataset. The local files
     become the node's cached copy when they are all here."""
-    from tasks import store
+    from formats import store
     from tasks.remote_shards import remove_working_files
 
     manifest = manifest.model_copy(update={"prefix": store.attempt_prefix(manifest.run_id)})

@@ -1,10 +1,6 @@
-"""tokenize: deduplicated documents -> Arrow IPC token shards under train/ and val/.
+"""tokenize: deduplicated documents -> token shards under train/ and val/ (the format:
+formats/token_shards.py).
 
-Each shard is a pair of uncompressed Arrow IPC files, so it memory-maps:
-  part-NNNNN.arrow       one flat `tokens` column (uint16 when the vocabulary fits, else
-                         uint32), every document followed by </s>
-  part-NNNNN.docs.arrow  doc_id, start, length, bytes: where each document's tokens lie
-                         and how many UTF-8 bytes of text they stand for
 The split is by a hash of the document id, so a document keeps its split as the corpus grows;
 then val documents that share too many 13-word n-grams with train text (repeated sections,
 shared boilerplate) move to train (`decontaminate`), so the val loss measures generalization,
@@ -13,26 +9,24 @@ not copying. The manifest reports the val split's n-gram overlap with train befo
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.clean import doc_files
+from formats.documents import doc_files
+from formats.token_shards import SPLITS, split_of, token_dtype, write_token_shard
+from formats.tokenizer import EOS, load_tokenizer
 from model.config import usable_cpus
 from tasks.orchestration import STAGE_CACHE, prefect_stage
-from tasks.stage import Progress, load_manifest, no_progress
-from tasks.train_tokenizer import EOS, MODEL_FILE
+from tasks.stage import Progress, no_progress
 
 VERSION = 3  # 3: val decontaminated
-SPLITS = ("train", "val")
 
 
 class DecontaminateConfig(BaseModel):
@@ -49,24 +43,6 @@ class TokenizeConfig(BaseModel):
     seed: int = 0
     threads: int = Field(0, ge=0, description="sentencepiece encoder threads; 0 = one per core")
     decontaminate: DecontaminateConfig = DecontaminateConfig()
-
-
-def split_of(doc_id: str, cfg: TokenizeConfig) -> str:
-    h = int.from_bytes(hashlib.sha1(f"{cfg.seed}:{doc_id}".encode()).digest()[:8], "big")
-    return "val" if h / 2**64 < cfg.val_fraction else "train"
-
-
-def token_dtype(vocab_size: int) -> pa.DataType:
-    return pa.uint16() if vocab_size <= 2**16 else pa.uint32()
-
-
-def write_ipc(path: Path, table: pa.Table) -> None:
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-
-
-def tokenizer_path(dataset: str) -> Path:
-    return Path(dataset) / MODEL_FILE
 
 
 CHUNK_DOCS = 256  # documents per encode call: small enough to overlap, large enough to keep threads busy
@@ -86,7 +62,7 @@ def encode_shard(sp, src: Path, index: int, out: Path, cfg: TokenizeConfig, thre
     ids, texts = t.column("id").to_pylist(), t.column("text").to_pylist()
     dtype = token_dtype(sp.get_piece_size())
     moved = moved or {}
-    split = [moved.get(d) or split_of(d, cfg) for d in ids]
+    split = [moved.get(d) or split_of(d, cfg.seed, cfg.val_fraction) for d in ids]
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     docs: dict[str, list[tuple[str, int, int]]] = {s: [] for s in SPLITS}  # (doc id, tokens, text bytes)
     chunks = [range(i, min(i + CHUNK_DOCS, len(ids))) for i in range(0, len(ids), CHUNK_DOCS)]
@@ -107,25 +83,8 @@ def encode_shard(sp, src: Path, index: int, out: Path, cfg: TokenizeConfig, thre
     stats = {}
     for s in SPLITS:
         flat = np.concatenate(parts[s]) if parts[s] else np.zeros(0, dtype.to_pandas_dtype())
-        lengths = np.array([n for _, n, _ in docs[s]], dtype=np.int64)
-        starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1])) if len(lengths) else np.zeros(0, np.int64)
-        name = f"{prefix}part-{index:05d}"
-        write_ipc(out / s / f"{name}.arrow", pa.table({"tokens": pa.array(flat, type=dtype)}))
-        write_ipc(
-            out / s / f"{name}.docs.arrow",
-            pa.table({"doc_id": pa.array([d for d, _, _ in docs[s]], pa.string()), "start": pa.array(starts, pa.int64()),
-                      "length": pa.array(lengths, pa.int32()), "bytes": pa.array([b for _, _, b in docs[s]], pa.int64())}),
-        )
-        stats[s] = {"documents": len(lengths), "tokens": int(len(flat)), "bytes": sum(b for _, _, b in docs[s])}
+        stats[s] = write_token_shard(out / s, f"{prefix}part-{index:05d}", flat, dtype, docs[s])
     return stats
-
-
-def load_tokenizer(tok: str):
-    import sentencepiece as spm
-
-    if load_manifest(tok).stage != "train_tokenizer":
-        raise ValueError(f"tokenize: {tok} is not a tokenizer dataset")
-    return spm.SentencePieceProcessor(model_file=str(tokenizer_path(tok)))
 
 
 def encode_files(sp, files: list[Path], out: Path, cfg: TokenizeConfig, progress: Progress, prefix: str = "",
@@ -171,7 +130,7 @@ def decontaminate(files: list[Path], cfg: TokenizeConfig) -> tuple[dict[str, str
         t = pq.read_table(f, columns=["id", "text"])
         for doc, text in zip(t.column("id").to_pylist(), t.column("text").to_pylist()):
             h = ngram_hashes(text, d.ngram)
-            if split_of(doc, cfg) == "val":
+            if split_of(doc, cfg.seed, cfg.val_fraction) == "val":
                 val[doc] = h
             else:
                 train_parts.append(h)

@@ -17,13 +17,12 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.clean import doc_files
+from formats.documents import doc_files
+from formats.tokenizer import BOS, EOS, MODEL_FILE, PAD, UNK
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, no_progress
 
 VERSION = 1
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
-MODEL_FILE = "tokenizer.model"
 
 
 class TokenizerConfig(BaseModel):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tasks import store
-from tasks.stage import MANIFEST, load_manifest
+from formats import store
+from formats.manifest import MANIFEST, load_manifest
 
 
 def dataset_places(root: str) -> list[str]:
@@ -62,7 +62,7 @@ def _size_and_sha256(url: str) -> tuple[int, str]:
 
 def input_sizes_match(place: str | Path) -> None:
     """Refuse a local input dataset whose files are missing or of another size than its manifest
-    says (a stat per file); object-store inputs are checked in full when cached (tasks/store.py)."""
+    says (a stat per file); object-store inputs are checked in full when cached (formats/store.py)."""
     if store.is_url(place):
         return
     m = load_manifest(place)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from tasks.store import is_url
+from formats.store import is_url
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 _SCAN = 64 << 10  # bytes read at a time while looking for the next member: a record's gzip member is

@@ -178,10 +178,10 @@ def tiny_pipeline_config(root: Path, warc: Path) -> dict:
 
 def run_spec(data: tuple[str, str], out: Path, **train):
     """A test-tiny RunSpec on (tokenizer, shards): 40 steps of 8 x 64 tokens unless overridden."""
+    from formats.manifest import load_manifest
     from model.config import TrainConfig
     from model.llama import ModelConfig
     from model.train import RunSpec
-    from tasks.stage import load_manifest
 
     tok, shards = data
     st = load_manifest(shards).stats
@@ -513,7 +513,13 @@ def prefect_server(home: Path, database_url: str | None = None, sqlite_template:
 def all_task_states(flow_run_id) -> dict[str, str]:
     """Every task run of a flow run and of its subflow runs, by task name."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId, TaskRunFilter, TaskRunFilterSubFlowRuns
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterSubFlowRuns,
+    )
 
     with get_client(sync_client=True) as client:
         ids, frontier = [flow_run_id], [flow_run_id]

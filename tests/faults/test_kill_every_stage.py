@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from warcio.archiveiterator import ArchiveIterator
 
-from tasks.stage import load_manifest
+from formats.manifest import load_manifest
 from tests.helpers import prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]

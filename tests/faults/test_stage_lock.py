@@ -12,7 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 import tasks.stage as stage
-from tasks.stage import StageLock, is_dataset, run_stage, stage_dir
+from formats.manifest import is_dataset
+from tasks.stage import StageLock, run_stage, stage_dir
 
 
 class Cfg(BaseModel):

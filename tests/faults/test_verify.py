@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel
 
-from tasks.stage import load_manifest, run_stage
+from formats.manifest import load_manifest
+from tasks.stage import run_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 

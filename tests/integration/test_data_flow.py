@@ -10,7 +10,7 @@ import pytest
 
 from flows.config import LlmillConfig, load_config
 from flows.data import data_flow
-from tasks.stage import load_manifest
+from formats.manifest import load_manifest
 from tests.helpers import bad_pages, python_doc_pages, write_warc
 
 STAGES = ("ingest", "extract", "clean", "dedup")

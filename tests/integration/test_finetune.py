@@ -11,10 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from formats.manifest import load_manifest
 from tasks.evaluate import evaluate_classifier, predict_classes, read_split
 from tasks.examples import ExamplesConfig, ExamplesError, examples
 from tasks.finetune import FinetuneConfig, FinetuneTrainConfig, finetune
-from tasks.stage import load_manifest, run_stage
+from tasks.stage import run_stage
 from tests.corpus import library_texts, section_examples, write_examples_csv
 
 CONTEXT = 128
@@ -134,13 +135,15 @@ def test_bad_labelled_data_gets_clear_errors(pretrained, tmp_path):
 def test_lm_scores_and_baselines_use_exactly_the_val_text(pretrained, library_corpus):
     import lzma
 
-    from tasks.evaluate import EvaluateConfig, evaluate_lm, load_lm, load_tokenizer
-    from tasks.tokenize import TokenizeConfig, split_of
+    from formats.token_shards import split_of
+    from formats.tokenizer import load_tokenizer
+    from tasks.evaluate import EvaluateConfig, evaluate_lm, load_lm
+    from tasks.tokenize import TokenizeConfig
 
     root, docs, tok, run = pretrained
     shards = library_corpus[2]
-    texts = library_texts(120)
-    val_text = "".join(t + "\n" for i, t in enumerate(texts) if split_of(f"lib-{i:04d}", TokenizeConfig(val_fraction=0.1)) == "val")
+    texts, split = library_texts(120), TokenizeConfig(val_fraction=0.1)
+    val_text = "".join(t + "\n" for i, t in enumerate(texts) if split_of(f"lib-{i:04d}", split.seed, split.val_fraction) == "val")
     result = evaluate_lm(load_lm(run), shards, load_tokenizer(tok), EvaluateConfig(generation={"max_new_tokens": 4}))
     assert result["val_bytes"] == len(val_text.encode())
     assert result["baselines"]["xz_bpb"] == pytest.approx(8 * len(lzma.compress(val_text.encode(), preset=9)) / len(val_text.encode()))
@@ -150,7 +153,8 @@ def test_lm_scores_and_baselines_use_exactly_the_val_text(pretrained, library_co
 
 
 def test_samples_keep_the_space_between_prompt_and_continuation(pretrained):
-    from tasks.evaluate import GenerationConfig, generate_samples, load_lm, load_tokenizer
+    from formats.tokenizer import load_tokenizer
+    from tasks.evaluate import GenerationConfig, generate_samples, load_lm
 
     _, _, tok, run = pretrained
     sp, prompts = load_tokenizer(tok), [f"The {w}" for w in ("json module", "file", "list", "class", "function", "value", "string", "path")]

@@ -15,11 +15,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from formats.manifest import load_manifest
 from tasks.executor import ExecutorConfig, ShardFailed, executor_scope
 from tasks.extract import VERSION, ExtractConfig, extract
 from tasks.ingest import VERSION as INGEST_VERSION
 from tasks.ingest import IngestConfig, ingest, source_urls
-from tasks.stage import load_manifest, run_stage
+from tasks.stage import run_stage
 from tests.helpers import python_doc_site_pages, range_server, write_warc
 
 SHARD_BYTES = 30_000
@@ -141,7 +142,7 @@ IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
 from tasks.ingest import IngestConfig
-from tasks.stage import load_manifest
+from formats.manifest import load_manifest
 from tests.integration.test_ingest_in_place import documents, ingest_and_extract
 raw, docs = ingest_and_extract(Path(sys.argv[1]), IngestConfig.model_validate_json(sys.argv[2]))
 print(json.dumps({"raw": str(raw), "docs": documents(docs), "sources": load_manifest(raw).stats["sources"]}))

@@ -21,8 +21,9 @@ import json, os, sys, time
 from pathlib import Path
 import pyarrow as pa, pyarrow.parquet as pq
 from pydantic import BaseModel
-from tasks import store
-from tasks.stage import load_manifest, run_stage
+from formats import store
+from formats.manifest import load_manifest
+from tasks.stage import run_stage
 
 class Cfg(BaseModel):
     rows: int = 100
@@ -113,7 +114,7 @@ def test_two_writers_racing_commit_exactly_one_dataset(tmp_path, s3_server, buck
 
 
 def test_a_writer_killed_mid_upload_leaves_no_dataset_and_the_rerun_completes_it(tmp_path, s3_server, bucket, monkeypatch):
-    from tasks.stage import is_dataset
+    from formats.manifest import is_dataset
 
     root = f"s3://{bucket}/data"
     killed = writer("killed", root, tmp_path, s3_server.env, KILL_AFTER_UPLOADS="2")
@@ -135,7 +136,7 @@ def test_a_writer_killed_mid_upload_leaves_no_dataset_and_the_rerun_completes_it
 
 
 def file_entries(dataset: str) -> list[tuple]:
-    from tasks.stage import load_manifest
+    from formats.manifest import load_manifest
 
     return [(f.path, f.bytes, f.rows, f.sha256) for f in load_manifest(dataset).files]
 
@@ -189,10 +190,11 @@ def test_a_training_killed_on_one_node_resumes_from_the_root_on_another(tmp_path
     import threading
     import time
 
+    from formats.manifest import load_manifest
     from model.config import TrainConfig
     from model.llama import ModelConfig
     from tasks.pretrain import VERSION, PretrainConfig, pretrain
-    from tasks.stage import load_manifest, run_stage, stage_dir
+    from tasks.stage import run_stage, stage_dir
     from tests.helpers import metrics, training_pids
 
     for key, value in s3_server.env.items():
@@ -237,8 +239,8 @@ def test_a_training_killed_on_one_node_resumes_from_the_root_on_another(tmp_path
 
 
 def place_key_dir(url: str) -> str:
-    from tasks.stage import load_manifest
-    from tasks.store import place_key
+    from formats.manifest import load_manifest
+    from formats.store import place_key
 
     return f"{place_key(url)}/{load_manifest(url).digest[:16]}"
 
@@ -251,6 +253,7 @@ def test_dask_workers_that_share_no_disk_with_the_flow_read_and_write_the_bucket
     cache of their own and upload their parts; the datasets equal the local pool's on local disk.
     An extract stopped after two shards resumes on the same attempt prefix."""
     from flows.config import load_config
+    from formats.manifest import load_manifest
     from tasks.clean import VERSION as CLEAN_VERSION
     from tasks.clean import clean
     from tasks.dedup import VERSION as DEDUP_VERSION
@@ -260,7 +263,7 @@ def test_dask_workers_that_share_no_disk_with_the_flow_read_and_write_the_bucket
     from tasks.extract import ExtractConfig, extract
     from tasks.ingest import VERSION as INGEST_VERSION
     from tasks.ingest import IngestConfig, ingest
-    from tasks.stage import load_manifest, run_stage
+    from tasks.stage import run_stage
     from tests.helpers import DaskCluster, python_doc_site_pages, write_warc
 
     class Stopped(Exception):
@@ -312,7 +315,7 @@ def test_dask_workers_that_share_no_disk_with_the_flow_read_and_write_the_bucket
         assert {k: v for k, v in stats[stage].items() if k not in ("seconds", "shards_processed", "index")} == \
             {k: v for k, v in load_manifest(local[stage]).stats.items() if k not in ("seconds", "shards_processed", "index")}, stage
     # the workers fetched the inputs of clean and dedup themselves, into their own node cache
-    from tasks import store
+    from formats import store
 
     fetched = {p.name for p in (worker_cache / "datasets").iterdir()}
     assert {store.place_key(remote["extract"]), store.place_key(remote["clean"])} <= fetched, fetched

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from formats.manifest import load_manifest
 from tasks.paragraph_dedup import VERSION, ParagraphDedupConfig, paragraph_dedup
-from tasks.stage import load_manifest, run_stage
+from tasks.stage import run_stage
 from tests.corpus import corpus_dataset
 
 SHARED = "Methods inherited from the base class are listed below, together with the attributes they read and write."

@@ -14,14 +14,14 @@ import pytest
 from prefect import flow
 from safetensors.torch import load_file
 
+from formats.manifest import load_manifest
 from model.config import TrainConfig
 from model.launch import run_training
 from model.llama import ModelConfig
 from tasks.orchestration import call_stage
 from tasks.pretrain import VERSION, PretrainConfig, pretrain_task
-from tasks.stage import load_manifest, stage_dir
+from tasks.stage import stage_dir
 from tests.helpers import losses, max_diff, metrics, run_spec, training_pids
-
 
 pytestmark = pytest.mark.trainer
 

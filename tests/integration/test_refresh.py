@@ -15,9 +15,13 @@ from flows.config import LlmillConfig, load_config
 from flows.data import data_flow
 from flows.pretrain import pretrain_flow
 from flows.refresh import Versions, data_refresh_flow
-from model.data import TokenWindows, doc_index, open_tokens, split_shards
-from tasks.stage import file_sha256, load_manifest, run_stage
-from tasks.tokenize import SPLITS, VERSION as TOKENIZE_VERSION, tokenize
+from formats.files import file_sha256
+from formats.manifest import load_manifest
+from formats.token_shards import SPLITS, doc_index, open_tokens, split_shards
+from model.token_windows import TokenWindows
+from tasks.stage import run_stage
+from tasks.tokenize import VERSION as TOKENIZE_VERSION
+from tasks.tokenize import tokenize
 from tests.helpers import PYDOCS, Site
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.trainer]
@@ -176,7 +180,7 @@ def test_a_refresh_on_an_object_store_root_runs_on_another_node_against_the_inde
     """The root on S3 (moto): the first data flow on one node, the refresh on another with an
     empty cache. The refresh deduplicates against the batches the first run kept, read from the
     index's log in the bucket, and its list of versions is in the bucket too."""
-    from tasks import store
+    from formats import store
     from tasks.dedup import DedupConfig
 
     bucket = "llmill-refresh"

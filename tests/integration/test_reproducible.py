@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from flows.config import load_config
+from formats.manifest import load_manifest
 from tasks.clean import VERSION as CLEAN_VERSION
 from tasks.clean import clean
 from tasks.crawl import VERSION as CRAWL_VERSION
@@ -22,7 +23,7 @@ from tasks.extract import extract
 from tasks.ingest import VERSION as INGEST_VERSION
 from tasks.ingest import IngestConfig, ingest
 from tasks.pydoc_site import BASE
-from tasks.stage import load_manifest, run_stage
+from tasks.stage import run_stage
 from tasks.tokenize import VERSION as TOKENIZE_VERSION
 from tasks.tokenize import tokenize
 from tasks.train_tokenizer import VERSION as TOKENIZER_VERSION
@@ -89,3 +90,4 @@ def test_builtin_pydoc_twice_on_fresh_roots_gives_the_same_corpus_tokenizer_and_
         cleaned = run_stage("clean", CLEAN_VERSION, clean, [str(docs)], cfg.clean, tmp_path / name, sharded=True)
         out.append([files(d) for d in (raw, docs, cleaned)])
     assert out[0] == out[1]
+

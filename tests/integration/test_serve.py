@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tasks.stage import load_manifest
+from formats.manifest import load_manifest
 from tests.helpers import compose_config, free_port, prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]

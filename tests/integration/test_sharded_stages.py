@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from formats.manifest import load_manifest
 from tasks.executor import ExecutorConfig, executor_scope
 from tasks.extract import VERSION, ExtractConfig, extract
 from tasks.ingest import VERSION as INGEST_VERSION
 from tasks.ingest import IngestConfig, ingest
-from tasks.stage import load_manifest, run_stage
+from tasks.stage import run_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARD_BYTES = 30_000
@@ -143,8 +144,9 @@ def demo_site_warc(tmp_path_factory) -> Path:
 @pytest.mark.dask_cluster
 def test_distributed_dedup_equals_the_one_process_pass_on_demo_pages_on_both_engines(tmp_path, dask_cluster, demo_site_warc):
     from flows.config import load_config
+    from formats.documents import doc_files
     from tasks.clean import VERSION as CLEAN_VERSION
-    from tasks.clean import clean, doc_files
+    from tasks.clean import clean
     from tasks.dedup import VERSION as DEDUP_VERSION
     from tasks.dedup import DedupConfig, dedup
     from tests.helpers import reference_duplicates

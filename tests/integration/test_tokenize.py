@@ -9,10 +9,13 @@ import pyarrow as pa
 import pytest
 import sentencepiece as spm
 
-from model.data import ShardError, TokenWindows, open_tokens
-from tasks.stage import load_manifest, run_stage
-from tasks.tokenize import TokenizeConfig, token_dtype, tokenize
-from tasks.train_tokenizer import EOS, TokenizerConfig, train_tokenizer
+from formats.manifest import load_manifest
+from formats.token_shards import ShardError, open_tokens, token_dtype
+from formats.tokenizer import EOS
+from model.token_windows import TokenWindows
+from tasks.stage import run_stage
+from tasks.tokenize import TokenizeConfig, tokenize
+from tasks.train_tokenizer import TokenizerConfig, train_tokenizer
 from tests.corpus import corpus_dataset, library_texts
 
 
@@ -100,13 +103,14 @@ def test_bad_inputs_give_clear_errors(built, tmp_path):
 def test_val_documents_copied_from_train_text_are_moved_or_dropped(built, tmp_path):
     """Two val documents repeat long stretches of train documents (a repeated section, shared
     boilerplate): they leave val; the val documents that are their own stay."""
-    from tasks.tokenize import DecontaminateConfig, split_of
+    from formats.token_shards import split_of
+    from tasks.tokenize import DecontaminateConfig
 
     root, docs, tok, shards = built
     texts = library_texts(30)
     cfg = TokenizeConfig(val_fraction=0.3)
-    val_at = [i for i in range(len(texts)) if split_of(f"dc-{i:04d}", cfg) == "val"]
-    train_at = [i for i in range(len(texts)) if split_of(f"dc-{i:04d}", cfg) == "train"]
+    val_at = [i for i in range(len(texts)) if split_of(f"dc-{i:04d}", cfg.seed, cfg.val_fraction) == "val"]
+    train_at = [i for i in range(len(texts)) if split_of(f"dc-{i:04d}", cfg.seed, cfg.val_fraction) == "train"]
     assert len(val_at) >= 4
     copies = {val_at[0]: texts[train_at[0]][:6000] + "\nA closing note written for this page alone.",  # mostly a train page
               val_at[1]: texts[train_at[1]][2000:5000] + "\n" + texts[val_at[1]][:1500]}  # a third of its text is not

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.data import open_tokens
+from formats.manifest import load_manifest
+from formats.token_shards import open_tokens
 from model.launch import TrainingFailed, free_port, launch_command, run_training
 from model.llama import ModelConfig
-from tasks.stage import load_manifest
 from tests.helpers import losses, max_diff, metrics, run_spec, weights
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,8 +53,8 @@ def test_loss_goes_below_unigram_entropy_and_exports_to_hf(data, pretrained_lm, 
     assert {"lr", "grad_norm", "tokens_per_s"} <= first.keys()
 
     # the exported model, loaded by transformers with no custom code, gives our logits
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     import sentencepiece as spm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from model.export import export_hf, logits_ours
 

@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from formats.manifest import load_manifest
 from tasks.dedup import DedupConfig, Signer, dedup, exact_hash
-from tasks.stage import load_manifest, run_stage
+from tasks.stage import run_stage
 from tests.helpers import PYDOCS, reference_duplicates
 
 SOURCES = PYDOCS / "_sources" / "library"
@@ -172,7 +173,7 @@ def test_index_segments_are_ordered_by_sequence_not_file_time(tmp_path):
 
 
 def test_the_distributed_pass_equals_the_one_process_pass_bit_for_bit(tmp_path):
-    from tasks.clean import doc_files
+    from formats.documents import doc_files
 
     rng = random.Random(5)
     rows_a, _ = planted_corpus(rng, 60, 0, "a")

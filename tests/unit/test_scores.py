@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from formats.tokenizer import BOS
 from model.llama import Llama, ModelConfig
 from tasks.evaluate import stream_nll
 from tasks.scores import bits_per_byte, classification_scores, unigram_bpb, xz_baselines
-from tasks.train_tokenizer import BOS
 
 
 def test_classification_scores_agree_with_sklearn():
@@ -73,7 +73,7 @@ def test_xz_and_unigram_baselines_by_hand():
 
 
 def test_sft_loss_ignores_prompt_targets():
-    from model.examples import IGNORE
+    from formats.example_files import IGNORE
     from tasks.examples import sft_labels
 
     torch.manual_seed(0)

@@ -3,7 +3,8 @@ import json
 import pytest
 from pydantic import BaseModel
 
-from tasks.stage import is_dataset, load_manifest, run_stage, stage_dir
+from formats.manifest import is_dataset, load_manifest
+from tasks.stage import run_stage, stage_dir
 
 
 class Cfg(BaseModel):

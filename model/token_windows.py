@@ -1,4 +1,4 @@
-"""Token shards, memory-mapped, served as random fixed-length windows.
+"""Token shards (formats/token_shards.py), memory-mapped, served as random fixed-length windows.
 
 The sampler is a pure function of (seed, global sample index): sample g of the run is a
 window at a position hashed from (seed, g). Step s of a run with global batch B uses samples
@@ -8,13 +8,12 @@ checkpoint only needs the step to resume exactly, on any number of processes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
+
+from formats.token_shards import ShardError, live_tokens, split_shards
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -25,67 +24,6 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         x = (x ^ (x >> np.uint64(30))) * _M1
         x = (x ^ (x >> np.uint64(27))) * _M2
         return x ^ (x >> np.uint64(31))
-
-
-class ShardError(ValueError):
-    pass
-
-
-def open_tokens(path: Path) -> np.ndarray:
-    """The flat token column of one shard, memory-mapped (zero-copy)."""
-    try:
-        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-        column = reader.read_all().column("tokens")
-        if column.num_chunks == 0:  # a shard whose documents all went to the other split
-            return np.zeros(0, dtype=column.type.to_pandas_dtype())
-        if column.num_chunks != 1:
-            column = pa.chunked_array([pa.concat_arrays(column.chunks)])
-        return column.chunk(0).to_numpy(zero_copy_only=True)
-    except (pa.ArrowInvalid, pa.ArrowKeyError, KeyError, OSError) as e:
-        raise ShardError(f"{path}: not a readable token shard ({e})") from None
-
-
-def split_shards(dataset: str | Path, split: str) -> list[tuple[Path, frozenset[str]]]:
-    """The token shard files of one split, each with the ids of documents retired from it.
-
-    A `tokenize` dataset holds its shards itself. A refreshed version (`append_tokens`) lists,
-    relative to the datasets' root, the shards of the versions before it and its own, and
-    which of their documents a later version superseded; earlier versions stay readable.
-    """
-    dataset = Path(dataset)
-    manifest = dataset / "manifest.json"
-    listed = json.loads(manifest.read_text())["stats"].get("shard_files") if manifest.is_file() else None
-    if listed is None:
-        files = sorted(p for p in (dataset / split).glob("part-*.arrow") if not p.name.endswith(".docs.arrow"))
-        return [(f, frozenset()) for f in files]
-    retired: dict[str, set[str]] = {}
-    if (dataset / "retired.parquet").exists():
-        table = pq.read_table(dataset / "retired.parquet", columns=["shard", "doc_id"])
-        for shard, doc in zip(table.column("shard").to_pylist(), table.column("doc_id").to_pylist()):
-            retired.setdefault(shard, set()).add(doc)
-    root = dataset.parent.parent
-    return [(root / rel, frozenset(retired.get(rel, ()))) for rel in listed[split]]
-
-
-def doc_index(tokens_file: Path) -> pa.Table:
-    """doc_id, start, length (and bytes) of each document in a token shard."""
-    return pa.ipc.open_file(pa.memory_map(str(tokens_file.with_suffix(".docs.arrow")), "r")).read_all()
-
-
-def live_documents(tokens_file: Path, retired: frozenset[str] = frozenset()) -> list[tuple[str, int, int]]:
-    """(doc id, start, length) of a shard's documents that no later version retired."""
-    index = doc_index(tokens_file)
-    rows = zip(index.column("doc_id").to_pylist(), index.column("start").to_pylist(), index.column("length").to_pylist())
-    return [r for r in rows if r[0] not in retired]
-
-
-def live_tokens(tokens_file: Path, retired: frozenset[str] = frozenset()) -> np.ndarray:
-    """A shard's tokens without its retired documents: memory-mapped when none is retired."""
-    tokens = open_tokens(tokens_file)
-    if not retired:
-        return tokens
-    spans = [tokens[s : s + n + 1] for _, s, n in live_documents(tokens_file, retired)]  # each with its </s>
-    return np.concatenate(spans) if spans else tokens[:0]
 
 
 class TokenWindows:

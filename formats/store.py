@@ -120,7 +120,8 @@ def local_copy(url: str) -> Path:
     """The dataset at `url` as a local directory in the node-local cache (files at their paths,
     the manifest beside them), downloaded once and verified against the manifest's sizes and
     hashes; a local path is returned as it is."""
-    from tasks.stage import MANIFEST, file_sha256, load_manifest, write_atomic
+    from formats.files import file_sha256, write_atomic
+    from formats.manifest import MANIFEST, load_manifest
 
     if not is_url(url):
         return Path(url)

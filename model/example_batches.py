@@ -1,43 +1,26 @@
-"""Fine-tuning examples: tokenized once by the examples stage into Arrow IPC files, served
-here as fixed-length padded batches by a seeded, resumable sampler.
-
-Files: `<split>.arrow` with `input_ids` (list<int32>, starting with <s>) and either `labels`
-(list<int32>, -100 where no loss is taken: SFT) or `label` (int32: classification).
-"""
+"""Fine-tuning examples (formats/example_files.py), served as fixed-length padded batches by a
+seeded, resumable sampler."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from model.config import IGNORE
-
-PAD = 0
+from formats.example_files import IGNORE, read_examples
+from formats.tokenizer import PAD
 
 
 class ExampleSet:
     def __init__(self, path: str | Path, seq_len: int, seed: int = 0):
         self.path = Path(path)
-        try:
-            table = pa.ipc.open_file(pa.memory_map(str(self.path), "r")).read_all()
-        except (pa.ArrowInvalid, OSError) as e:
-            raise ValueError(f"{self.path}: not a readable examples file ({e})") from None
-        if table.num_rows == 0:
-            raise ValueError(f"{self.path}: no examples")
+        found = read_examples(self.path)
         self.seq_len = seq_len
         self.seed = seed
-        self.ids = [np.asarray(x, dtype=np.int64) for x in table.column("input_ids").to_pylist()]
+        self.kind, self.ids, self.targets, self.label = found.kind, found.input_ids, found.targets, found.label
         if any(len(x) > seq_len + 1 for x in self.ids):
             raise ValueError(f"{self.path}: examples longer than seq_len {seq_len}; the examples stage truncates to the model's context")
-        names = table.column_names
-        self.kind = "sft" if "labels" in names else "classify"
-        if self.kind == "sft":
-            self.targets = [np.asarray(x, dtype=np.int64) for x in table.column("labels").to_pylist()]
-        else:
-            self.label = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)
