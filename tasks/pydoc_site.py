@@ -152,4 +152,10 @@ def serve_pydoc(port: int = 0, timeout_s: float = 30.0):
 
 
 if __name__ == "__main__":
+    # the sys page shows this process's argv, executable and __main__: names, not the paths of
+    # this checkout and its venv, so two clones serve the same pages
+    sys.argv[:] = ["pydoc_site.py"]
+    sys.orig_argv[:] = ["python", "-s", "-S", "-P", "pydoc_site.py"]
+    sys.executable = sys._base_executable
+    __file__ = "pydoc_site.py"
     _serve(int(sys.stdin.readline() or 0))

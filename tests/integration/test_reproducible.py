@@ -91,3 +91,20 @@ def test_builtin_pydoc_twice_on_fresh_roots_gives_the_same_corpus_tokenizer_and_
         out.append([files(d) for d in (raw, docs, cleaned)])
     assert out[0] == out[1]
 
+
+
+def test_pydoc_pages_do_not_show_where_the_checkout_or_its_venv_lie():
+    """The sys page renders the server's argv, executable and __main__: two clones of llmill
+    (or one moved) must serve the same pages."""
+    import sys
+    import urllib.request
+
+    from tasks.pydoc_site import serve_pydoc
+
+    checkout = str(Path(__file__).resolve().parents[2])
+    with serve_pydoc() as base:
+        page = urllib.request.urlopen(base + "sys.html", timeout=30).read().decode()
+    assert "orig_argv" in page and "pydoc_site.py" in page
+    assert checkout not in page
+    if sys.prefix != sys.base_prefix:  # run from a venv: its path is not on the page either
+        assert sys.prefix not in page
