@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import doc_id
 from formats.manifest import load_manifest
-from tasks.crawl import KEPT, CrawlConfig, Crawler, _served_seeds, run_to_end
+from tasks.crawl.config import CrawlConfig
+from tasks.crawl.crawler import run_crawler
+from tasks.crawl.state import KEPT
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, no_progress
 
@@ -55,13 +57,11 @@ def classify(previous: dict[str, dict], now: dict[str, dict]) -> list[dict]:
 def recrawl(inputs: list[str], cfg: RecrawlConfig, out: Path, progress: Progress = no_progress) -> dict:
     (raw,) = inputs
     state = previous_state(raw)
-    with _served_seeds(cfg.crawl, out) as served:
-        crawler = Crawler(cfg.crawl, served.seeds, out, progress, previous=state, served=served.served)
-        stats = run_to_end(crawler)
-    changes = classify(state["urls"], crawler.done)
+    stats, settled = run_crawler(cfg.crawl, out, progress, previous=state)
+    changes = classify(state["urls"], settled)
     pq.write_table(pa.Table.from_pylist(changes, CHANGES_SCHEMA), out / "changes.parquet")
     counts = {kind: sum(1 for c in changes if c["change"] == kind) for kind in ("new", "changed", "gone")}
-    unchanged = sum(1 for e in crawler.done.values() if e["outcome"] == "not_modified")
+    unchanged = sum(1 for e in settled.values() if e["outcome"] == "not_modified")
     return {**stats, "changes": counts, "unchanged": unchanged, "previous": Path(raw).name, "at": cfg.at}
 
 

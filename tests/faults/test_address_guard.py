@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.crawl import CrawlConfig, Crawler
+from tasks.crawl import CrawlConfig
+from tasks.crawl.crawler import Crawler
 from tests.helpers import Site, html
 
 PUBLIC = "93.184.215.14"  # a global address; nothing answers it from here

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from formats.jsonl import read_records
-from tasks.crawl import CrawlConfig, Journal, StorageFailed, WarcSink, crawl, stored_urls
+from tasks.crawl import CrawlConfig, crawl
+from tasks.crawl.state import Journal, StorageFailed, stored_urls
+from tasks.crawl.warc_sink import WarcSink
 from tests.helpers import Site, html
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +72,7 @@ def test_a_torn_journal_line_loses_nothing_across_two_resumes(tmp_path):
 
 
 def test_a_torn_last_warc_record_is_cut_and_damage_elsewhere_is_refused(tmp_path):
-    from tasks.crawl import Page
+    from tasks.crawl.warc_sink import Page
 
     sink = WarcSink(tmp_path / "warc", 10**9)
     for i in range(3):
