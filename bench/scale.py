@@ -139,8 +139,9 @@ def pydoc_signatures(limit: int | None):
     import numpy as np
 
     from bench.data import pages as all_pages
-    from tasks.dedup import DedupConfig, Signer, exact_hash
+    from tasks.dedup import DedupConfig, Signer
     from tasks.extract import ExtractConfig, extract_text
+    from tasks.text_hash import exact_hash
 
     cfg = DedupConfig()
     texts = []

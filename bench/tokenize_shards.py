@@ -20,7 +20,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from model.token_windows import TokenWindows  # noqa: E402
 from tasks.stage import run_stage  # noqa: E402
-from tasks.tokenize import TokenizeConfig, tokenize  # noqa: E402
+from tasks.token_encoding import TokenizeConfig  # noqa: E402
+from tasks.tokenize import tokenize  # noqa: E402
 from tasks.train_tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
 from tests.corpus import corpus_dataset  # noqa: E402
 from tests.helpers import PYDOCS  # noqa: E402

@@ -11,14 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.clean import CleanConfig
 from tasks.crawl import CrawlConfig
 from tasks.dedup import DedupConfig
-from tasks.paragraph_dedup import ParagraphDedupConfig
 from tasks.evaluate import EvaluateConfig
 from tasks.executor import ExecutorConfig
 from tasks.extract import ExtractConfig
 from tasks.finetune import FinetuneConfig
 from tasks.ingest import IngestConfig
+from tasks.paragraph_dedup import ParagraphDedupConfig
 from tasks.pretrain import PretrainConfig
-from tasks.tokenize import TokenizeConfig
+from tasks.token_encoding import TokenizeConfig
 from tasks.train_tokenizer import TokenizerConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"

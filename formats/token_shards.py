@@ -24,6 +24,9 @@ import pyarrow.parquet as pq
 from formats.files import write_ipc
 
 SPLITS = ("train", "val")
+RETIRED = "retired.parquet"
+RETIRED_SCHEMA = pa.schema([("shard", pa.string()), ("doc_id", pa.string()), ("split", pa.string()),
+                            ("tokens", pa.int64()), ("bytes", pa.int64()), ("reason", pa.string()), ("version", pa.int32())])
 
 
 def split_of(doc_id: str, seed: int, val_fraction: float) -> str:
@@ -67,6 +70,17 @@ def open_tokens(path: Path) -> np.ndarray:
         raise ShardError(f"{path}: not a readable token shard ({e})") from None
 
 
+def write_retired(out: Path, rows: list[dict]) -> None:
+    """A refreshed version's `retired.parquet`: every document retired so far, each with the shard
+    (relative to the root) that holds it, why (changed, gone) and in which version."""
+    pq.write_table(pa.Table.from_pylist(rows, RETIRED_SCHEMA), out / RETIRED)
+
+
+def read_retired(dataset: str | Path) -> list[dict]:
+    path = Path(dataset) / RETIRED
+    return pq.read_table(path).to_pylist() if path.exists() else []
+
+
 def split_shards(dataset: str | Path, split: str) -> list[tuple[Path, frozenset[str]]]:
     """The token shard files of one split, each with the ids of documents retired from it.
 
@@ -81,8 +95,8 @@ def split_shards(dataset: str | Path, split: str) -> list[tuple[Path, frozenset[
         files = sorted(p for p in (dataset / split).glob("part-*.arrow") if not p.name.endswith(".docs.arrow"))
         return [(f, frozenset()) for f in files]
     retired: dict[str, set[str]] = {}
-    if (dataset / "retired.parquet").exists():
-        table = pq.read_table(dataset / "retired.parquet", columns=["shard", "doc_id"])
+    if (dataset / RETIRED).exists():
+        table = pq.read_table(dataset / RETIRED, columns=["shard", "doc_id"])
         for shard, doc in zip(table.column("shard").to_pylist(), table.column("doc_id").to_pylist()):
             retired.setdefault(shard, set()).add(doc)
     root = dataset.parent.parent

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import task
 
 from formats.documents import doc_files
 from formats.manifest import Manifest, load_manifest
-from formats.token_shards import SPLITS, doc_index, split_shards
+from formats.raw import read_changes
+from formats.token_shards import SPLITS, doc_index, read_retired, split_shards, write_retired
 from formats.tokenizer import load_tokenizer
 from tasks.orchestration import STAGE_CACHE, prefect_stage
-from tasks.recrawl import changed_urls
 from tasks.stage import Progress, no_progress
-from tasks.tokenize import TokenizeConfig, encode_files, split_stats
+from tasks.token_encoding import TokenizeConfig, encode_files, split_stats
 
 VERSION = 1
-RETIRED_SCHEMA = pa.schema([("shard", pa.string()), ("doc_id", pa.string()), ("split", pa.string()),
-                            ("tokens", pa.int64()), ("bytes", pa.int64()), ("reason", pa.string()), ("version", pa.int32())])
 
 
 def version_of(m: Manifest) -> int:
@@ -75,7 +71,7 @@ def append_tokens(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: P
         raise ValueError(f"append_tokens: {raw} is not a recrawl dataset")
     root = out.parent.parent
     version = version_of(before) + 1
-    change_of = {c["doc_id"]: c["change"] for c in changed_urls(raw)}
+    change_of = {c["doc_id"]: c["change"] for c in read_changes(raw)}
     earlier = {split: split_shards(previous, split) for split in SPLITS}
     retired_now = retire(earlier, root, change_of, version)
 
@@ -86,9 +82,7 @@ def append_tokens(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: P
     own = {split: [root_relative(final / split / f.name, root) for f in sorted((out / split).glob("*.arrow"))
                    if not f.name.endswith(".docs.arrow") and doc_index(f).num_rows]
            for split in SPLITS}
-    retired_before = (pq.read_table(Path(previous) / "retired.parquet").to_pylist()
-                      if (Path(previous) / "retired.parquet").exists() else [])
-    pq.write_table(pa.Table.from_pylist(retired_before + retired_now, RETIRED_SCHEMA), out / "retired.parquet")
+    write_retired(out, read_retired(previous) + retired_now)
 
     stats = split_stats(sp, {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}, 0)
     for split in SPLITS:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import DOC_SCHEMA, doc_id
 from formats.manifest import load_manifest
+from formats.raw import warc_files
 from tasks.executor import ExecutorConfig, current_executor, map_shards
 from tasks.http_body import BodyDecodingError, BoundedBody, UnsupportedEncoding
 from tasks.orchestration import STAGE_CACHE, prefect_stage
@@ -365,22 +366,6 @@ def quarantine_crashed_shard(args, reason: str) -> dict:
              "reason": f"crashed: {reason}"[:300]} for r in ranges]
     _write_shard([], rows, docs_out, q_out)
     return {"documents": 0, "quarantined": len(rows), "html_responses": 0, "reasons": _reasons(rows)}
-
-
-def warc_files(raw: list[str]) -> list[dict]:
-    """The raw datasets' WARC files as sources {url, size, etag}: the crawler's files inside
-    its dataset, ingest's where they lie (its sources.json)."""
-    from tasks.ingest import SOURCES, read_sources
-
-    files = []
-    for ds in raw:
-        m = load_manifest(ds)
-        for f in m.files:
-            if f.path.endswith((".warc", ".warc.gz")):
-                files.append({"url": str(Path(ds) / f.path), "size": f.bytes, "etag": ""})
-            elif f.path == SOURCES:
-                files += read_sources(ds)
-    return files
 
 
 def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress = no_progress) -> dict:

@@ -91,7 +91,6 @@ def lm_eval_env(base) -> dict:
 
 def run_lm_eval(hf_dir: Path, shards: str, sp, cfg, out: Path) -> dict:
     from formats.token_shards import split_docs
-
     from tasks.contamination import ngram_index
 
     out.mkdir(parents=True, exist_ok=True)

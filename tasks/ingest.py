@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import random
 import time
 from pathlib import Path
@@ -27,15 +26,14 @@ from fsspec.implementations.local import LocalFileSystem
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from formats.files import write_atomic
 from formats.manifest import digest_of
+from formats.raw import write_sources
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, no_progress
 from tasks.urls import private_address_reason
 from tasks.warc_ranges import describe, source_fs
 
 VERSION = 2
-SOURCES = "sources.json"
 COMMON_CRAWL_HTTPS = "https://data.commoncrawl.org/"  # or s3://commoncrawl/ from inside AWS us-east-1
 
 
@@ -128,14 +126,10 @@ def ingest(inputs: list[str], cfg: IngestConfig, out: Path, progress: Progress =
     if inputs:
         raise ValueError("ingest takes no input datasets")
     sources = describe_sources(cfg)
-    write_atomic(out / SOURCES, json.dumps(sources, indent=1).encode())
+    write_sources(out, sources)
     progress(len(sources), len(sources))
     return {"warc_files": len(sources), "bytes": sum(s["size"] for s in sources), "sources": [s["url"] for s in sources],
             "copied_bytes": 0}
-
-
-def read_sources(dataset: str | Path) -> list[dict]:
-    return json.loads((Path(dataset) / SOURCES).read_text())
 
 
 @task(name="ingest", cache_policy=STAGE_CACHE, persist_result=True, retries=1)

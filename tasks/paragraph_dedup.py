@@ -32,11 +32,13 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import doc_files
+from formats.index_segments import append_index_segment, index_segments
 from formats.manifest import digest_of
 from tasks import remote_index
-from tasks.dedup import append_index_segment, index_segments, normalize_for_hash, persistent_index
 from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.remote_index import persistent_index
 from tasks.stage import Progress, no_progress
+from tasks.text_hash import normalize_for_hash
 
 VERSION = 1
 # one row per (paragraph, document that has it), `kept` where the document kept it; hash 0 marks

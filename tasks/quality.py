@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-
 from pydantic import BaseModel, ConfigDict
 
 WORD = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]+")

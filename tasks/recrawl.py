@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import doc_id
 from formats.manifest import load_manifest
+from formats.raw import write_changes
 from tasks.crawl.config import CrawlConfig
 from tasks.crawl.crawler import run_crawler
 from tasks.crawl.state import KEPT
@@ -26,7 +25,6 @@ from tasks.stage import Progress, no_progress
 
 VERSION = 2  # 2: builtin:pydoc under a fixed name
 GONE = ("failed:http_404", "failed:http_410")
-CHANGES_SCHEMA = pa.schema([("url", pa.string()), ("doc_id", pa.string()), ("change", pa.string())])
 
 
 class RecrawlConfig(BaseModel):
@@ -59,14 +57,10 @@ def recrawl(inputs: list[str], cfg: RecrawlConfig, out: Path, progress: Progress
     state = previous_state(raw)
     stats, settled = run_crawler(cfg.crawl, out, progress, previous=state)
     changes = classify(state["urls"], settled)
-    pq.write_table(pa.Table.from_pylist(changes, CHANGES_SCHEMA), out / "changes.parquet")
+    write_changes(out, changes)
     counts = {kind: sum(1 for c in changes if c["change"] == kind) for kind in ("new", "changed", "gone")}
     unchanged = sum(1 for e in settled.values() if e["outcome"] == "not_modified")
     return {**stats, "changes": counts, "unchanged": unchanged, "previous": Path(raw).name, "at": cfg.at}
-
-
-def changed_urls(raw: str) -> list[dict]:
-    return pq.read_table(Path(raw) / "changes.parquet").to_pylist()
 
 
 @task(name="recrawl", cache_policy=STAGE_CACHE, persist_result=True, retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.5)

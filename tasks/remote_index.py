@@ -24,6 +24,8 @@ from pathlib import Path
 
 from formats import store
 from formats.files import file_sha256, write_atomic
+from formats.index_segments import INDEX_MANIFEST
+from tasks.remote_shards import current_remote_work
 
 LOG = "log"
 SEGMENTS = "segments"
@@ -54,8 +56,6 @@ def _locked(local: Path):
 
 def pull(url: str, local: Path) -> list[dict]:
     """Make the local mirror hold the index at `url` as its log has it now; its segments."""
-    from tasks.dedup import INDEX_MANIFEST
-
     with _locked(local):
         segments: dict[str, dict] = {}
         for entry in _log(url):
@@ -94,3 +94,16 @@ def push(url: str, local: Path, name: str) -> int:
         if store.create_only(f"{url}/{LOG}/{seq:010d}.json", json.dumps(entry).encode()):
             return seq
     raise RuntimeError(f"{url}: could not append to the index log (1000 sequence numbers taken while trying)")
+
+
+def persistent_index(name: str, index_dir: str, out: Path) -> tuple[Path, str]:
+    """Where a stage's persistent index `name` lives for the stage writing into `out`: under
+    `index_dir` when given, else `<root>/index/`; on an object-store root, a local mirror of it."""
+    if index_dir:
+        return Path(index_dir) / name, ""
+    work = current_remote_work()
+    if work is None:
+        return out.parent.parent / "index" / name, ""
+    root = work.url.rsplit("/", 2)[0]  # <root>/dedup/<key>
+    url = f"{root}/index/{name}"
+    return store.cache_dir() / "index" / store.place_key(url), url

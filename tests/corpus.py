@@ -43,7 +43,8 @@ def corpus_dataset(root: Path, name: str, texts: list[str]) -> str:
 
 def tokenized(root: Path, n_docs: int, vocab_size: int = 512, val_fraction: float = 0.1) -> tuple[str, str, str]:
     """(documents, tokenizer, shards) datasets built from `n_docs` library sources."""
-    from tasks.tokenize import TokenizeConfig, tokenize
+    from tasks.token_encoding import TokenizeConfig
+    from tasks.tokenize import tokenize
     from tasks.train_tokenizer import TokenizerConfig, train_tokenizer
 
     docs = corpus_dataset(root, "lib", library_texts(n_docs))

@@ -313,7 +313,9 @@ def reference_duplicates(out: Path, cfg, files: list[Path]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.dedup import DUP_SCHEMA, Signer, exact_hash, find_duplicates, read_index
+    from formats.index_segments import read_index
+    from tasks.dedup import DUP_SCHEMA, Signer, find_duplicates
+    from tasks.text_hash import exact_hash
 
     tables = [pq.read_table(f) for f in sorted(files, key=str)]
     texts = [t for tab in tables for t in tab.column("text").to_pylist()]

@@ -230,7 +230,8 @@ def test_killed_crawl_resumes_without_refetching(tmp_path):
 def test_recrawl_uses_last_modified_and_spots_servers_that_ignore_validators(tmp_path):
     """If-Modified-Since where a server gives no ETag; a server that ignores validators and resends
     the same bytes costs a request but stores nothing; a page that now answers 410 is gone."""
-    from tasks.recrawl import RecrawlConfig, changed_urls, recrawl
+    from formats.raw import read_changes
+    from tasks.recrawl import RecrawlConfig, recrawl
     from tasks.stage import run_stage
 
     stamp = "Sat, 28 Nov 2026 10:00:00 GMT"
@@ -261,4 +262,4 @@ def test_recrawl_uses_last_modified_and_spots_servers_that_ignore_validators(tmp
     assert state[site.url + "/dated"]["reason"] == "304"
     assert state[site.url + "/careless"]["reason"] == "same_digest"
     assert stored(again) == {}  # nothing changed, so nothing stored
-    assert [(c["url"], c["change"]) for c in changed_urls(str(again))] == [(site.url + "/doomed", "gone")]
+    assert [(c["url"], c["change"]) for c in read_changes(str(again))] == [(site.url + "/doomed", "gone")]

@@ -138,7 +138,7 @@ def test_lm_scores_and_baselines_use_exactly_the_val_text(pretrained, library_co
     from formats.token_shards import split_of
     from formats.tokenizer import load_tokenizer
     from tasks.evaluate import EvaluateConfig, evaluate_lm, load_lm
-    from tasks.tokenize import TokenizeConfig
+    from tasks.token_encoding import TokenizeConfig
 
     root, docs, tok, run = pretrained
     shards = library_corpus[2]

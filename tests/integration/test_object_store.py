@@ -338,8 +338,8 @@ def test_the_dedup_index_on_the_store_is_a_log_that_racing_appends_both_land_in(
 
     import pyarrow as pa
 
+    from formats.index_segments import index_segments, live_index, write_index_segment
     from tasks import remote_index
-    from tasks.dedup import index_segments, live_index, write_index_segment
 
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)

@@ -14,7 +14,8 @@ from formats.token_shards import ShardError, open_tokens, token_dtype
 from formats.tokenizer import EOS
 from model.token_windows import TokenWindows
 from tasks.stage import run_stage
-from tasks.tokenize import TokenizeConfig, tokenize
+from tasks.token_encoding import TokenizeConfig
+from tasks.tokenize import tokenize
 from tasks.train_tokenizer import TokenizerConfig, train_tokenizer
 from tests.corpus import corpus_dataset, library_texts
 
@@ -104,7 +105,7 @@ def test_val_documents_copied_from_train_text_are_moved_or_dropped(built, tmp_pa
     """Two val documents repeat long stretches of train documents (a repeated section, shared
     boilerplate): they leave val; the val documents that are their own stay."""
     from formats.token_shards import split_of
-    from tasks.tokenize import DecontaminateConfig
+    from tasks.token_encoding import DecontaminateConfig
 
     root, docs, tok, shards = built
     texts = library_texts(30)

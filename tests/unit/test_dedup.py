@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from formats.manifest import load_manifest
-from tasks.dedup import DedupConfig, Signer, dedup, exact_hash
+from tasks.dedup import DedupConfig, Signer, dedup
 from tasks.stage import run_stage
+from tasks.text_hash import exact_hash
 from tests.helpers import PYDOCS, reference_duplicates
 
 SOURCES = PYDOCS / "_sources" / "library"
@@ -153,7 +154,7 @@ def test_signatures_are_vectorized_datasketch_minhash():
 
 
 def test_index_segments_are_ordered_by_sequence_not_file_time(tmp_path):
-    from tasks.dedup import index_segments, read_index, write_index_segment
+    from formats.index_segments import index_segments, read_index, write_index_segment
 
     index = tmp_path / "index"
     write_index_segment(index, "batch-a", ["x", "y"], ["hash-x-old", "hash-y"], None)
@@ -193,7 +194,7 @@ def test_the_distributed_pass_equals_the_one_process_pass_bit_for_bit(tmp_path):
 def test_the_live_index_equals_a_last_write_wins_reading_of_every_segment(tmp_path):
     """The Arrow view of the index against the plain reading it replaced: every segment in
     sequence order into a dict (the latest entry wins), the batch's own ids left out, id order."""
-    from tasks.dedup import index_segments, live_index, write_index_segment
+    from formats.index_segments import index_segments, live_index, write_index_segment
 
     rng = random.Random(11)
     index = tmp_path / "index"
