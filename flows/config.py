@@ -12,6 +12,7 @@ from tasks.clean import CleanConfig
 from tasks.crawl import CrawlConfig
 from tasks.dedup import DedupConfig
 from tasks.evaluate import EvaluateConfig
+from tasks.examples import ExamplesConfig
 from tasks.executor import ExecutorConfig
 from tasks.extract import ExtractConfig
 from tasks.finetune import FinetuneConfig
@@ -49,6 +50,25 @@ class RefreshConfig(BaseModel):
         return value
 
 
+class ExamplesSection(ExamplesConfig):
+    """`finetune.examples`: the examples stage's config and the labelled file a person gives
+    (the flow takes the file into the root as the `labelled` dataset, the examples' input)."""
+
+    path: str = Field("", description="labelled file (CSV/JSONL/Parquet); empty = labels derived from the crawl's URLs")
+
+    def stage_config(self) -> ExamplesConfig:
+        return ExamplesConfig.model_validate(self.model_dump(exclude={"path"}))
+
+
+class FinetuneSection(FinetuneConfig):
+    """`finetune`: the finetune stage's config and its examples' section."""
+
+    examples: ExamplesSection = ExamplesSection()
+
+    def stage_config(self) -> FinetuneConfig:
+        return FinetuneConfig.model_validate(self.model_dump(exclude={"examples"}))
+
+
 class LlmillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,7 +85,7 @@ class LlmillConfig(BaseModel):
     tokenizer: TokenizerConfig = TokenizerConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     pretrain: PretrainConfig = PretrainConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
+    finetune: FinetuneSection = FinetuneSection()
     evaluate: EvaluateConfig = EvaluateConfig()
     refresh: RefreshConfig = RefreshConfig()
 

@@ -1,19 +1,16 @@
-"""The finetune flow: examples (labelled data, tokenized and split) -> finetune, from a pretrain run."""
+"""The finetune flow: [labelled file ->] examples (labelled data, tokenized and split) -> finetune, from a pretrain run."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from prefect import flow
 
 from flows.config import LlmillConfig
 from flows.locked import refuse_locked_changes
-from formats.files import file_sha256
 from formats.manifest import load_manifest
-from formats.store import local_copy, resolve_root
-from model.llama import ModelConfig
+from formats.store import resolve_root
 from tasks.examples import examples_task
 from tasks.finetune import finetune_task
+from tasks.labelled import LabelledConfig, labelled_task
 from tasks.orchestration import call_stage
 
 
@@ -32,11 +29,9 @@ def finetune_flow(config: LlmillConfig, documents: str = "", tokenizer: str = ""
         tokenizer, pretrain_run = pre["tokenizer"], pre["run"]
     root = resolve_root(config.root)
     ft = config.finetune
-    context = ModelConfig.model_validate_json((local_copy(pretrain_run) / "final" / "model_config.json").read_text()).max_seq_len
-    ex_cfg = ft.examples.model_copy(update={"max_tokens": ft.examples.max_tokens or context,
-                                            "data_digest": file_sha256(Path(ft.examples.path)) if ft.examples.path and Path(ft.examples.path).is_file() else ""})
-    examples = call_stage(examples_task, [documents, tokenizer], ex_cfg, root)
-    run = call_stage(finetune_task, [examples, pretrain_run, tokenizer], ft.model_copy(update={"examples": ex_cfg}), root)
+    labelled = [call_stage(labelled_task, [], LabelledConfig(path=ft.examples.path), root)] if ft.examples.path else []
+    examples = call_stage(examples_task, [documents, tokenizer, pretrain_run, *labelled], ft.examples.stage_config(), root)
+    run = call_stage(finetune_task, [examples, pretrain_run, tokenizer], ft.stage_config(), root)
     return {"examples": examples, "run": run}
 
 

@@ -1,8 +1,12 @@
-"""Fine-tuning examples: the examples stage's format, read by the trainer and the evaluation.
+"""Fine-tuning examples: a person's labelled file in, the examples stage's files out.
 
-One uncompressed Arrow IPC file per split, `<split>.arrow`, with `id`, `text`, `input_ids`
+In: a CSV, JSONL or Parquet file with `text`/`label` (classification) or `prompt`/`response`
+(or `text`: SFT) columns, and optionally `split` (train|val|test); the labelled stage copies it
+into the root, the examples stage reads it (`read_labelled`).
+Out: one uncompressed Arrow IPC file per split, `<split>.arrow`, with `id`, `text`, `input_ids`
 (list<int32>, starting with <s>) and either `labels` (list<int32>, IGNORE where no loss is
-taken: SFT) or `label` (int32, an index into the dataset's `labels.json`: classification).
+taken: SFT) or `label` (int32, an index into the dataset's `labels.json`: classification),
+read by the trainer and the evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +21,47 @@ from formats.files import write_ipc
 
 SPLITS = ("train", "val", "test")
 IGNORE = -100  # the label of a position the loss skips (torch's cross_entropy default ignore_index)
+LABELLED_SUFFIXES = (".csv", ".jsonl", ".json", ".ndjson", ".parquet")
+LABELLED_FILE = "labelled"  # + the source's suffix, in the labelled dataset
+
+
+class ExamplesError(ValueError):
+    """Labelled data that cannot make examples; the message says what to fix."""
+
+
+def labelled_suffix(path: str | Path) -> str:
+    suffix = "".join(Path(path).suffixes[-1:]).lower()
+    if suffix not in LABELLED_SUFFIXES:
+        raise ExamplesError(f"{path}: unsupported format {suffix!r}; use .csv, .jsonl or .parquet")
+    return suffix
+
+
+def labelled_file(dataset: str | Path) -> Path:
+    """The one labelled file a labelled dataset holds."""
+    from formats.manifest import load_manifest
+
+    (entry,) = [f for f in load_manifest(dataset).files if f.path.startswith(LABELLED_FILE + ".")]
+    return Path(dataset) / entry.path
+
+
+def read_labelled(path: str | Path, name: str = "") -> pa.Table:
+    """A labelled file as a table; `name` is how errors call it (the path a person gave)."""
+    name = name or str(path)
+    suffix = labelled_suffix(path)
+    try:
+        if suffix == ".csv":
+            from pyarrow import csv
+
+            return csv.read_csv(path)
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            from pyarrow import json as pajson
+
+            return pajson.read_json(path)
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ExamplesError(f"{name}: cannot be read as {suffix[1:]}: {e}") from None
 
 
 def write_examples(path: Path, ids: list[str], texts: list[str], input_ids: list[list[int]],

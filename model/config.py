@@ -58,13 +58,18 @@ class HeadConfig(BaseModel):
     """The classification head and what of the pretrained body it may change."""
 
     model_config = ConfigDict(extra="forbid")
-    n_classes: int = Field(0, ge=0, description="set from the label set by the pipeline")
     pooling: Literal["mean", "last"] = "mean"
     dropout: float = Field(0.1, ge=0, lt=1)
     freeze_embeddings: bool = False
     freeze_layers: int = Field(0, ge=0, description="lower decoder blocks kept frozen")
     head_lr_scale: float = Field(10.0, gt=0, description="the head's learning rate = lr x this")
-    class_weights: list[float] = Field(default_factory=list, description="per-class loss weights; set by the pipeline when balance_classes")
+
+
+class HeadSpec(HeadConfig):
+    """The head as built: the config plus what the examples dataset decides (finetune sets them)."""
+
+    n_classes: int = Field(0, ge=0, description="the labels' count")
+    class_weights: list[float] = Field(default_factory=list, description="per-class loss weights (balance_classes); empty = equal")
 
 
 PRESETS: dict[str, dict] = {
@@ -74,10 +79,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
-class ModelConfig(BaseModel):
+class ModelShape(BaseModel):
+    """The model a person chooses: everything but the vocabulary, which is the tokenizer's."""
+
     model_config = ConfigDict(extra="forbid")
     preset: str | None = Field("demo", description="test-tiny | demo | gpt2-small; explicit fields override it")
-    vocab_size: int = Field(4096, ge=8, description="set from the tokenizer by the pipeline")
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     n_kv_head: int = Field(4, ge=1)
@@ -110,3 +116,14 @@ class ModelConfig(BaseModel):
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+
+class ModelConfig(ModelShape):
+    """The model as built: its shape and the tokenizer's vocabulary (pretrain sets it from its
+    tokenizer input; model_config.json beside every checkpoint holds it)."""
+
+    vocab_size: int = Field(4096, ge=8)
+
+    @classmethod
+    def of(cls, shape: ModelShape, vocab_size: int) -> "ModelConfig":
+        return cls.model_validate({**shape.model_dump(), "vocab_size": vocab_size})

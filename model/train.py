@@ -27,7 +27,7 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
 from formats.jsonl import cut_torn_tail, read_records
-from model.config import HeadConfig, TrainConfig, usable_cpus
+from model.config import HeadSpec, TrainConfig, usable_cpus
 from model.llama import ModelConfig, load_word_vectors, param_groups
 from model.objectives import make_objective
 from model.token_windows import step_slice
@@ -41,7 +41,7 @@ class RunSpec(BaseModel):
     tokenizer: str  # sentencepiece model file
     objective: Literal["lm", "sft", "classify"] = "lm"
     examples: str = ""  # examples dataset: train.arrow, val.arrow (objectives sft, classify)
-    head: HeadConfig = HeadConfig()
+    head: HeadSpec = HeadSpec()
     out: str
     val_bytes_per_token: float = 0.0  # UTF-8 bytes per token of the val split, for bits per byte
     init_from: str = ""  # safetensors weights to start from (continued pretraining, fine-tuning)

@@ -1,7 +1,8 @@
 """examples: labelled data for fine-tuning -> tokenized train/val/test Arrow files.
 
-Sources: a user's file (CSV, JSONL or Parquet; `text`/`label` for classification,
-`prompt`/`response` or `text` for SFT) or, for classification, labels derived from the crawl
+Inputs: the documents, the tokenizer, the pretrain run (its context bounds an example's
+length) and, when a person gave one, the labelled dataset (a copy of their CSV, JSONL or Parquet
+file, formats/example_files.py). Without a file, for classification, labels derived from the crawl
 itself: a regex on each page's URL (for the demo, the page's module family; classes smaller
 than `min_class_size` merged into `other`). Splits are by a hash of the text (or document id),
 so they are stable; a `split` column in the file overrides them.
@@ -22,38 +23,31 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import doc_files
-from formats.example_files import IGNORE, SPLITS, write_examples
+from formats.example_files import IGNORE, SPLITS, ExamplesError, labelled_file, read_labelled, write_examples
 from formats.files import write_atomic
 from formats.manifest import load_manifest
 from formats.tokenizer import BOS, EOS, load_tokenizer
 from tasks.orchestration import STAGE_CACHE, prefect_stage
 from tasks.stage import Progress, no_progress
 
-VERSION = 1
+VERSION = 2  # 2: the context and the labelled file are inputs
 
 
 class ExamplesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["classify", "sft"] = "classify"
-    path: str = Field("", description="labelled file (CSV/JSONL/Parquet); empty = labels derived from the crawl's URLs")
-    data_digest: str = Field("", description="set by the flow: sha256 of `path`, so an edited file is a new dataset")
     label_pattern: str = Field(r"^/([A-Za-z_][A-Za-z0-9_]*)(?:[./]|$)", description="derived labels: regex on the URL's path, group 1 (default: a pydoc page's top-level module)")
     min_class_size: int = Field(20, ge=1, description="derived labels: smaller classes become `other`")
     other_label: str = "other"
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
-    max_tokens: int = Field(0, ge=0, description="tokens per example; 0 = set by the pipeline from the model's context")
+    max_tokens: int = Field(0, ge=0, description="tokens per example; 0 = the pretrained model's context")
     seed: int = 0
-
-
-class ExamplesError(ValueError):
-    pass
 
 
 def example_split(key: str, cfg: ExamplesConfig) -> str:
@@ -63,29 +57,9 @@ def example_split(key: str, cfg: ExamplesConfig) -> str:
     return "val" if u < cfg.test_fraction + cfg.val_fraction else "train"
 
 
-def read_table(path: str) -> pa.Table:
-    p = Path(path)
-    if not p.is_file():
-        raise ExamplesError(f"labelled data {path} does not exist")
-    suffix = "".join(p.suffixes[-1:]).lower()
-    try:
-        if suffix == ".csv":
-            from pyarrow import csv
-
-            return csv.read_csv(p)
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            from pyarrow import json as pajson
-
-            return pajson.read_json(p)
-        if suffix == ".parquet":
-            return pq.read_table(p)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise ExamplesError(f"{path}: cannot be read as {suffix[1:]}: {e}") from None
-    raise ExamplesError(f"{path}: unsupported format {suffix!r}; use .csv, .jsonl or .parquet")
-
-
-def rows_from_file(cfg: ExamplesConfig) -> list[dict]:
-    table = read_table(cfg.path)
+def rows_from_file(labelled: str, cfg: ExamplesConfig) -> list[dict]:
+    source = load_manifest(labelled).stats["source"]  # errors name the file a person gave
+    table = read_labelled(labelled_file(labelled), source)
     names = set(table.column_names)
     if cfg.kind == "classify":
         needed = [{"text", "label"}]
@@ -93,12 +67,12 @@ def rows_from_file(cfg: ExamplesConfig) -> list[dict]:
         needed = [{"prompt", "response"}, {"text"}]
     if not any(n <= names for n in needed):
         want = " or ".join("/".join(sorted(n)) for n in needed)
-        raise ExamplesError(f"{cfg.path}: columns {sorted(names)} do not include the {cfg.kind} columns {want}")
+        raise ExamplesError(f"{source}: columns {sorted(names)} do not include the {cfg.kind} columns {want}")
     rows = table.to_pylist()
     if "split" in names:
         bad = {r["split"] for r in rows} - set(SPLITS)
         if bad:
-            raise ExamplesError(f"{cfg.path}: column `split` holds {sorted(map(str, bad))}; use train, val or test")
+            raise ExamplesError(f"{source}: column `split` holds {sorted(map(str, bad))}; use train, val or test")
     return rows
 
 
@@ -137,12 +111,14 @@ def truncate_sft(prompt: list[int], response: list[int], budget: int) -> tuple[l
 
 
 def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progress = no_progress) -> dict:
-    docs, tok = inputs
-    if cfg.max_tokens < 2:
-        raise ExamplesError("examples.max_tokens must be set (the pipeline sets it to the model's context)")
+    docs, tok, run, *labelled = inputs  # labelled: the labelled stage's copy of a person's file, if any
+    context = load_manifest(run).stats["model"]["max_seq_len"]
+    if cfg.max_tokens > context:
+        raise ExamplesError(f"examples.max_tokens {cfg.max_tokens} exceeds the pretrained model's context {context}")
+    max_tokens = cfg.max_tokens or context
     sp = load_tokenizer(tok)
-    if cfg.path:
-        rows = rows_from_file(cfg)
+    if labelled:
+        rows = rows_from_file(labelled[0], cfg)
     elif cfg.kind == "classify":
         rows = rows_from_crawl(docs, cfg)
     else:
@@ -175,7 +151,7 @@ def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progre
             raise ExamplesError(f"labels {missing} occur in val/test but not in the training split; add examples or merge them")
     index = {name: i for i, name in enumerate(labels)}
 
-    budget = cfg.max_tokens + 1  # inputs and shifted targets
+    budget = max_tokens + 1  # inputs and shifted targets
     truncated = 0
     columns = {s: {"id": [], "text": [], "input_ids": [], "labels": [], "label": []} for s in SPLITS}
     texts = [r[text_key] for r in kept]
@@ -187,8 +163,8 @@ def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progre
         col["text"].append(r[text_key])
         if cfg.kind == "classify":
             ids = [BOS] + encoded[n]
-            truncated += len(ids) > cfg.max_tokens
-            col["input_ids"].append(ids[: cfg.max_tokens])
+            truncated += len(ids) > max_tokens
+            col["input_ids"].append(ids[:max_tokens])
             col["label"].append(index[str(r["label"])])
         elif responses is not None:
             prompt, response, cut = truncate_sft(encoded[n], responses[n] + [EOS], budget)
@@ -217,9 +193,9 @@ def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progre
     if rejected:
         write_atomic(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected).encode())
     progress(1, 1)
-    return {"kind": cfg.kind, "examples": len(kept), "rejected": len(rejected), "truncated": int(truncated),
+    return {"kind": cfg.kind, "max_tokens": max_tokens, "examples": len(kept), "rejected": len(rejected), "truncated": int(truncated),
             "classes": len(labels), "labels": labels, "per_split": counts,
-            "source": cfg.path or f"derived from {load_manifest(docs).stage} URLs"}
+            "source": load_manifest(labelled[0]).stats["source"] if labelled else f"derived from {load_manifest(docs).stage} URLs"}
 
 
 @task(name="examples", cache_policy=STAGE_CACHE, persist_result=True, retries=1)

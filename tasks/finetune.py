@@ -17,8 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from formats.manifest import load_manifest
 from formats.store import local_copy
 from formats.tokenizer import tokenizer_path
-from model.config import HeadConfig, ModelConfig, TrainConfig
-from tasks.examples import ExamplesConfig
+from model.config import HeadConfig, HeadSpec, ModelConfig, TrainConfig
 from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
 from tasks.reports import loss_plot_markdown, plot_curves, training_events
 from tasks.stage import Progress, no_progress
@@ -42,7 +41,6 @@ class FinetuneTrainConfig(TrainConfig):
 class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
-    examples: ExamplesConfig = ExamplesConfig()
     head: HeadConfig = HeadConfig()
     balance_classes: bool = Field(False, description="weight the loss by inverse class frequency")
     train: FinetuneTrainConfig = FinetuneTrainConfig()
@@ -61,10 +59,10 @@ def finetune(inputs: list[str], cfg: FinetuneConfig, out: Path, progress: Progre
     examples, run, tok = inputs
     ex = load_manifest(examples).stats
     model_cfg = ModelConfig.model_validate_json((Path(run) / "final" / "model_config.json").read_text())
-    seq_len = cfg.examples.max_tokens
+    seq_len = ex["max_tokens"]  # the examples stage bounded them by this model's context
     if seq_len > model_cfg.max_seq_len:
-        raise ValueError(f"examples.max_tokens {seq_len} exceeds the pretrained model's context {model_cfg.max_seq_len}")
-    head = cfg.head
+        raise ValueError(f"finetune: {examples} holds examples of {seq_len} tokens, over the pretrained model's context {model_cfg.max_seq_len}")
+    head = HeadSpec.model_validate(cfg.head.model_dump())
     if ex["kind"] == "classify":
         weights = class_weights(ex["per_split"]["train"], ex["labels"]) if cfg.balance_classes else []
         head = head.model_copy(update={"n_classes": ex["classes"], "class_weights": weights})

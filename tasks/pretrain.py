@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from formats.manifest import load_manifest
 from formats.store import local_copy
 from formats.tokenizer import tokenizer_path
-from model.config import ModelConfig, TrainConfig
+from model.config import ModelConfig, ModelShape, TrainConfig
 from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
 from tasks.reports import loss_plot_markdown, plot_curves, training_events
 from tasks.stage import Progress, no_progress
@@ -26,7 +26,7 @@ VERSION = 1
 
 class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: ModelConfig = ModelConfig()
+    model: ModelShape = ModelShape()
     train: TrainConfig = TrainConfig()
     export_hf: bool = Field(True, description="write the final model in the Hugging Face format")
 
@@ -41,17 +41,17 @@ def pretrain(inputs: list[str], cfg: PretrainConfig, out: Path, progress: Progre
     shard_stats = load_manifest(shards).stats
     if shard_stats["vocab_size"] != tok_stats["vocab_size"]:
         raise ValueError("pretrain: the token shards were not made with this tokenizer")
-    model_cfg = cfg.model.model_copy(update={"vocab_size": tok_stats["vocab_size"]})
+    model_cfg = ModelConfig.of(cfg.model, tok_stats["vocab_size"])  # the vocabulary is the tokenizer's
     val_tokens, val_bytes = shard_stats["tokens"]["val"], shard_stats["bytes"]["val"]
     init_from = ""
     if earlier:
         before = load_manifest(earlier[0])
-        if before.stage != "pretrain" or ModelConfig.model_validate(before.stats["model"]) != ModelConfig.model_validate(model_cfg.model_dump()):
+        if before.stage != "pretrain" or ModelConfig.model_validate(before.stats["model"]) != model_cfg:
             raise ValueError(f"pretrain: {earlier[0]} is not a run of this model config; continued pretraining needs the same model")
         init_from = str(Path(earlier[0]) / "final" / "model.safetensors")
     spec = RunSpec(
         init_from=init_from,
-        model=ModelConfig.model_validate(model_cfg.model_dump()),
+        model=model_cfg,
         train=cfg.train,
         shards=str(shards),
         tokenizer=str(tokenizer_path(tok)),

@@ -13,8 +13,11 @@ import pytest
 
 from formats.manifest import load_manifest
 from tasks.evaluate import evaluate_classifier, predict_classes, read_split
+from tasks.examples import VERSION as EXAMPLES_VERSION
 from tasks.examples import ExamplesConfig, ExamplesError, examples
 from tasks.finetune import FinetuneConfig, FinetuneTrainConfig, finetune
+from tasks.labelled import VERSION as LABELLED_VERSION
+from tasks.labelled import LabelledConfig, labelled
 from tasks.stage import run_stage
 from tests.corpus import library_texts, section_examples, write_examples_csv
 
@@ -31,22 +34,24 @@ def pretrained(shared_root, library_corpus, pretrained_lm):
     return shared_root, docs, tok, pretrained_lm
 
 
-def make_examples(root: Path, docs: str, tok: str, rows: list[dict] | None = None, path: Path | None = None, **cfg) -> str:
+def make_examples(root: Path, docs: str, tok: str, run: str, rows: list[dict] | None = None, path: Path | None = None, **cfg) -> str:
+    """The flow's two stages: the labelled file taken into the root, then the examples, whose
+    length the pretrained model's context bounds (test-tiny: CONTEXT)."""
     if path is None:
         path = write_examples_csv(root / f"labelled-{abs(hash(json.dumps(rows))) % 10**8}.csv", rows)
-    cfg = ExamplesConfig(path=str(path), max_tokens=CONTEXT, **cfg)
-    return str(run_stage("examples", 1, examples, [docs, tok], cfg, root))
+    data = run_stage("labelled", LABELLED_VERSION, labelled, [], LabelledConfig(path=str(path)), root)
+    return str(run_stage("examples", EXAMPLES_VERSION, examples, [docs, tok, run, str(data)], ExamplesConfig(**cfg), root))
 
 
 def test_classifier_beats_the_majority_baseline(pretrained):
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
     root, docs, tok, run = pretrained
-    ex = make_examples(root, docs, tok, section_examples(per_class=60))
+    ex = make_examples(root, docs, tok, run, section_examples(per_class=60))
     stats = load_manifest(ex).stats
     assert stats["labels"] == ["c-api", "guide", "library", "whatsnew"] and stats["truncated"] > 0
-    cfg = FinetuneConfig(examples=ExamplesConfig(max_tokens=CONTEXT),
-                         train=FinetuneTrainConfig(steps=150, micro_batch_size=16, eval_every=25, checkpoint_every=50,
+    assert stats["max_tokens"] == CONTEXT  # the pretrained model's context, read from the run
+    cfg = FinetuneConfig(train=FinetuneTrainConfig(steps=150, micro_batch_size=16, eval_every=25, checkpoint_every=50,
                                                    trackers=[], threads_per_process=0, log_every=25),
                          balance_classes=True)
     ft = run_stage("finetune", 1, finetune, [ex, run, tok], cfg, root, resumable=True)
@@ -76,12 +81,11 @@ def test_sft_trains_on_responses_and_exports(pretrained, tmp_path):
             rows.append({"prompt": "Explain: " + lines[0], "response": " " + lines[1]})
     path = tmp_path / "sft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ex = make_examples(root, docs, tok, path=path, kind="sft", test_fraction=0.0)
+    ex = make_examples(root, docs, tok, run, path=path, kind="sft", test_fraction=0.0)
     table = pa.ipc.open_file(str(Path(ex) / "train.arrow")).read_all()
     labels, ids = table.column("labels").to_pylist()[0], table.column("input_ids").to_pylist()[0]
     assert labels[0] == -100 and labels[-1] == ids[-1] == 3  # <s> masked, </s> learnt
-    cfg = FinetuneConfig(examples=ExamplesConfig(kind="sft", max_tokens=CONTEXT),
-                         train=FinetuneTrainConfig(steps=20, micro_batch_size=8, eval_every=10, checkpoint_every=10,
+    cfg = FinetuneConfig(train=FinetuneTrainConfig(steps=20, micro_batch_size=8, eval_every=10, checkpoint_every=10,
                                                    trackers=[], threads_per_process=0, select_metric="val_loss"))
     ft = run_stage("finetune", 1, finetune, [ex, run, tok], cfg, root, resumable=True)
     stats = load_manifest(ft).stats
@@ -90,37 +94,37 @@ def test_sft_trains_on_responses_and_exports(pretrained, tmp_path):
 
 
 def test_bad_labelled_data_gets_clear_errors(pretrained, tmp_path):
-    root, docs, tok, _ = pretrained
+    root, docs, tok, run = pretrained
     text = "A sentence about the json module and its encoder."
     with pytest.raises(ExamplesError, match="at least 2 classes"):
-        make_examples(root, docs, tok, [{"text": f"{text} {i}", "label": "only"} for i in range(20)])
+        make_examples(root, docs, tok, run, [{"text": f"{text} {i}", "label": "only"} for i in range(20)])
     with pytest.raises(ExamplesError, match=r"columns \['body', 'category'\] do not include the classify columns label/text"):
-        make_examples(root, docs, tok, [{"body": text, "category": "a"}, {"body": text, "category": "b"}])
+        make_examples(root, docs, tok, run, [{"body": text, "category": "a"}, {"body": text, "category": "b"}])
     with pytest.raises(ExamplesError, match=r"labels \['rare'\] occur in val/test but not in the training split"):
         rows = [{"text": f"{text} {i}", "label": "ab"[i % 2], "split": "train"} for i in range(20)]
-        make_examples(root, docs, tok, rows + [{"text": text, "label": "rare", "split": "test"}])
+        make_examples(root, docs, tok, run, rows + [{"text": text, "label": "rare", "split": "test"}])
     with pytest.raises(ExamplesError, match="does not exist"):
-        make_examples(root, docs, tok, path=tmp_path / "missing.csv")
+        make_examples(root, docs, tok, run, path=tmp_path / "missing.csv")
     with pytest.raises(ExamplesError, match="all 2 rows were rejected"):
-        make_examples(root, docs, tok, [{"text": "", "label": "a"}, {"text": "  ", "label": "b"}])
+        make_examples(root, docs, tok, run, [{"text": "", "label": "a"}, {"text": "  ", "label": "b"}])
 
     # empty texts: rejected with their reason, the rest kept
     rows = [{"text": f"{text} {i}", "label": "ab"[i % 2]} for i in range(30)] + [{"text": " ", "label": "a"}]
-    ex = make_examples(root, docs, tok, rows, val_fraction=0.0, test_fraction=0.0)
+    ex = make_examples(root, docs, tok, run, rows, val_fraction=0.0, test_fraction=0.0)
     assert load_manifest(ex).stats["rejected"] == 1
     assert json.loads((Path(ex) / "rejected.jsonl").read_text()) == {"row": 30, "reason": "empty text"}
 
     # SFT rows without a response are rejected with their reason
     path = tmp_path / "no-response.jsonl"
     path.write_text(json.dumps({"prompt": "Explain json.", "response": " It encodes."}) + "\n" + json.dumps({"prompt": "Explain os.", "response": ""}) + "\n")
-    ex = make_examples(root, docs, tok, path=path, kind="sft", val_fraction=0.0, test_fraction=0.0)
+    ex = make_examples(root, docs, tok, run, path=path, kind="sft", val_fraction=0.0, test_fraction=0.0)
     assert json.loads((Path(ex) / "rejected.jsonl").read_text()) == {"row": 1, "reason": "empty response"}
 
     # a prompt longer than the context: documented truncation, the response keeps at least half
     long_prompt = " ".join(library_texts(1)[0].split()[:600])
     path = tmp_path / "long.jsonl"
     path.write_text(json.dumps({"prompt": long_prompt, "response": " Short answer."}) + "\n")
-    ex = make_examples(root, docs, tok, path=path, kind="sft", val_fraction=0.0, test_fraction=0.0)
+    ex = make_examples(root, docs, tok, run, path=path, kind="sft", val_fraction=0.0, test_fraction=0.0)
     stats = load_manifest(ex).stats
     assert stats["truncated"] == 1
     table = pa.ipc.open_file(str(Path(ex) / "train.arrow")).read_all()

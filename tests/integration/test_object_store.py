@@ -192,7 +192,7 @@ def test_a_training_killed_on_one_node_resumes_from_the_root_on_another(tmp_path
 
     from formats.manifest import load_manifest
     from model.config import TrainConfig
-    from model.llama import ModelConfig
+    from model.config import ModelShape
     from tasks.pretrain import VERSION, PretrainConfig, pretrain
     from tasks.stage import run_stage, stage_dir
     from tests.helpers import metrics, training_pids
@@ -202,7 +202,7 @@ def test_a_training_killed_on_one_node_resumes_from_the_root_on_another(tmp_path
     _, tok, shards = library_corpus
     train = TrainConfig(steps=12, micro_batch_size=8, seq_len=64, lr=3e-3, warmup_steps=2, eval_every=12, eval_windows=4,
                         checkpoint_every=4, log_every=1, trackers=[], threads_per_process=1)
-    cfg = PretrainConfig(model=ModelConfig(preset="test-tiny"), train=train, export_hf=False)
+    cfg = PretrainConfig(model=ModelShape(preset="test-tiny"), train=train, export_hf=False)
     root = f"s3://{bucket}/data"
     place = stage_dir(root, "pretrain", VERSION, cfg, [shards, tok])
     fs = s3_server.filesystem()

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from formats.manifest import load_manifest
 from model.config import TrainConfig
 from model.launch import run_training
-from model.llama import ModelConfig
+from model.config import ModelShape
 from tasks.orchestration import call_stage
 from tasks.pretrain import VERSION, PretrainConfig, pretrain_task
 from tasks.stage import stage_dir
@@ -53,7 +53,7 @@ def test_task_retry_resumes_from_the_last_checkpoint(prefect_harness, data, tmp_
     tok, shards = data
     train = dict(steps=40, micro_batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5, eval_every=20, eval_windows=16,
                  checkpoint_every=20, log_every=1, trackers=["tensorboard"], threads_per_process=1)
-    cfg = PretrainConfig(model=ModelConfig(preset="test-tiny"), train=TrainConfig(**train), export_hf=False)
+    cfg = PretrainConfig(model=ModelShape(preset="test-tiny"), train=TrainConfig(**train), export_hf=False)
     root = str(tmp_path / "root")
     inputs = [shards, tok]
     partial = Path(str(stage_dir(root, "pretrain", VERSION, cfg, inputs)) + ".partial")

@@ -1,0 +1,54 @@
+"""labelled: a person's labelled file (CSV, JSONL or Parquet) taken into the root as a dataset.
+
+The examples built from it then depend on its content, not on a path: the file's SHA-256 is part
+of where the dataset lives (SOURCE_STATE, as ingest's sources), so an edited file is a new
+dataset, and the root keeps the exact file a model was fine-tuned on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field
+
+from formats.example_files import LABELLED_FILE, ExamplesError, labelled_suffix
+from formats.files import file_sha256
+from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.stage import Progress, no_progress
+
+VERSION = 1
+
+
+class LabelledConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="the labelled file")
+    max_bytes: int = Field(1 << 30, ge=1, description="larger files are refused")
+
+
+def SOURCE_STATE(cfg: LabelledConfig) -> str:  # noqa: N802 - the hook tasks/stage.py looks up by name
+    p = Path(cfg.path)
+    return file_sha256(p) if p.is_file() else hashlib.sha256(b"missing").hexdigest()
+
+
+def labelled(inputs: list[str], cfg: LabelledConfig, out: Path, progress: Progress = no_progress) -> dict:
+    if inputs:
+        raise ValueError("labelled takes no input datasets")
+    src = Path(cfg.path)
+    if not src.is_file():
+        raise ExamplesError(f"labelled data {cfg.path} does not exist")
+    suffix = labelled_suffix(src)
+    size = src.stat().st_size
+    if size > cfg.max_bytes:
+        raise ExamplesError(f"labelled data {cfg.path}: {size} bytes, over labelled max_bytes {cfg.max_bytes}")
+    dest = out / f"{LABELLED_FILE}{suffix}"
+    shutil.copyfile(src, dest)
+    progress(1, 1)
+    return {"source": cfg.path, "bytes": size, "sha256": file_sha256(dest)}
+
+
+@task(name="labelled", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
+def labelled_task(inputs: list[str], cfg: LabelledConfig, root: str) -> str:
+    return prefect_stage("labelled", VERSION, labelled, inputs, cfg, root)
