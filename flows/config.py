@@ -89,6 +89,13 @@ class LlmillConfig(BaseModel):
     evaluate: EvaluateConfig = EvaluateConfig()
     refresh: RefreshConfig = RefreshConfig()
 
+    @property
+    def data_root(self) -> str:
+        """`root` as the stages use it: an absolute local path, or an object-store URL."""
+        from formats.store import resolve_root
+
+        return resolve_root(self.root)
+
 
 class ConfigError(ValueError):
     pass

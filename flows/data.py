@@ -11,33 +11,31 @@ from prefect.artifacts import create_markdown_artifact
 from flows.config import LlmillConfig
 from flows.locked import refuse_locked_changes
 from formats.manifest import load_manifest
-from formats.store import resolve_root
 from tasks.clean import clean_task
 from tasks.crawl import crawl_task
 from tasks.dedup import dedup_task
 from tasks.extract import extract_task
 from tasks.ingest import ingest_task
-from tasks.orchestration import call_stage
 from tasks.paragraph_dedup import paragraph_dedup_task
 
 
 @flow(name="data", log_prints=True)
 def data_flow(config: LlmillConfig) -> dict:
     refuse_locked_changes(config)
-    root = resolve_root(config.root)
+    root = config.data_root
     raw = []
     if config.crawl.seeds:
-        raw.append(call_stage(crawl_task, [], config.crawl, root))
+        raw.append(crawl_task([], config.crawl, root))
     if config.ingest.paths:
-        raw.append(call_stage(ingest_task, [], config.ingest, root))
+        raw.append(ingest_task([], config.ingest, root))
     if not raw:
         raise ValueError("nothing to read: set crawl.seeds and/or ingest.paths")
-    docs = call_stage(extract_task, raw, config.extract, root, config.executor)
-    cleaned = call_stage(clean_task, [docs], config.clean, root, config.executor)
-    deduped = call_stage(dedup_task, [cleaned], config.dedup, root, config.executor)
+    docs = extract_task(raw, config.extract, root, config.executor)
+    cleaned = clean_task([docs], config.clean, root, config.executor)
+    deduped = dedup_task([cleaned], config.dedup, root, config.executor)
     result = {"raw": raw, "docs": docs, "clean": cleaned, "dedup": deduped, "documents": deduped}
     if config.paragraph_dedup.enabled:
-        result["paragraphs"] = result["documents"] = call_stage(paragraph_dedup_task, [deduped], config.paragraph_dedup, root)
+        result["paragraphs"] = result["documents"] = paragraph_dedup_task([deduped], config.paragraph_dedup, root)
     create_markdown_artifact(summary_markdown(result), key="data-summary", description="data flow summary")
     return result
 

@@ -9,9 +9,8 @@ from prefect import flow
 
 from flows.config import LlmillConfig
 from flows.locked import refuse_locked_changes
-from formats.store import join, local_copy, resolve_root
+from formats.store import join, local_copy
 from tasks.evaluate import evaluate_task
-from tasks.orchestration import call_stage
 from tasks.reports import headline_rows
 
 
@@ -22,15 +21,11 @@ def evaluate_flow(config: LlmillConfig, datasets: list[str] | None = None) -> st
     run the upstream flows first (from cache when they have run with this config)."""
     refuse_locked_changes(config, datasets=datasets)
     if not datasets:
-        from flows.data import data_flow
-        from flows.finetune import finetune_flow
-        from flows.pretrain import pretrain_flow
+        from flows.graph import upstream
 
-        data = data_flow(config)
-        pre = pretrain_flow(config, data["documents"])
-        fine = finetune_flow(config, data["documents"], pre["tokenizer"], pre["run"]) if config.finetune.enabled else None
-        datasets = evaluation_inputs(data, pre, fine)
-    return call_stage(evaluate_task, sorted(set(datasets)), config.evaluate, resolve_root(config.root))
+        done = upstream(config, "evaluate")
+        datasets = evaluation_inputs(done["data"], done["pretrain"], done["finetune"])
+    return evaluate_task(sorted(set(datasets)), config.evaluate, config.data_root)
 
 
 def evaluation_inputs(data: dict, pre: dict, fine: dict | None) -> list[str]:

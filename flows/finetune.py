@@ -7,11 +7,9 @@ from prefect import flow
 from flows.config import LlmillConfig
 from flows.locked import refuse_locked_changes
 from formats.manifest import load_manifest
-from formats.store import resolve_root
 from tasks.examples import examples_task
 from tasks.finetune import finetune_task
 from tasks.labelled import LabelledConfig, labelled_task
-from tasks.orchestration import call_stage
 
 
 @flow(name="finetune", log_prints=True)
@@ -21,17 +19,15 @@ def finetune_flow(config: LlmillConfig, documents: str = "", tokenizer: str = ""
     (from cache when they have run with this config)."""
     refuse_locked_changes(config, documents=documents, tokenizer=tokenizer, pretrain_run=pretrain_run)
     if not (documents and tokenizer and pretrain_run):
-        from flows.data import data_flow
-        from flows.pretrain import pretrain_flow
+        from flows.graph import upstream
 
-        documents = data_flow(config)["documents"]
-        pre = pretrain_flow(config, documents)
-        tokenizer, pretrain_run = pre["tokenizer"], pre["run"]
-    root = resolve_root(config.root)
+        done = upstream(config, "finetune")
+        documents, tokenizer, pretrain_run = done["data"]["documents"], done["pretrain"]["tokenizer"], done["pretrain"]["run"]
+    root = config.data_root
     ft = config.finetune
-    labelled = [call_stage(labelled_task, [], LabelledConfig(path=ft.examples.path), root)] if ft.examples.path else []
-    examples = call_stage(examples_task, [documents, tokenizer, pretrain_run, *labelled], ft.examples.stage_config(), root)
-    run = call_stage(finetune_task, [examples, pretrain_run, tokenizer], ft.stage_config(), root)
+    labelled = [labelled_task([], LabelledConfig(path=ft.examples.path), root)] if ft.examples.path else []
+    examples = examples_task([documents, tokenizer, pretrain_run, *labelled], ft.examples.stage_config(), root)
+    run = finetune_task([examples, pretrain_run, tokenizer], ft.stage_config(), root)
     return {"examples": examples, "run": run}
 
 

@@ -7,8 +7,7 @@ from prefect import flow
 from flows.config import LlmillConfig
 from flows.locked import refuse_locked_changes
 from formats.manifest import load_manifest
-from formats.store import join, resolve_root
-from tasks.orchestration import call_stage
+from formats.store import join
 from tasks.pretrain import pretrain_task
 from tasks.tokenize import tokenize_task
 from tasks.train_tokenizer import train_tokenizer_task
@@ -20,13 +19,13 @@ def pretrain_flow(config: LlmillConfig, documents: str = "") -> dict:
     (answered from cache when the data flow has run with this config)."""
     refuse_locked_changes(config, documents=documents)
     if not documents:
-        from flows.data import data_flow
+        from flows.graph import upstream
 
-        documents = data_flow(config)["documents"]
-    root = resolve_root(config.root)
-    tokenizer = call_stage(train_tokenizer_task, [documents], config.tokenizer, root)
-    shards = call_stage(tokenize_task, [documents, tokenizer], config.tokenize, root)
-    run = call_stage(pretrain_task, [shards, tokenizer], config.pretrain, root)
+        documents = upstream(config, "pretrain")["data"]["documents"]
+    root = config.data_root
+    tokenizer = train_tokenizer_task([documents], config.tokenizer, root)
+    shards = tokenize_task([documents, tokenizer], config.tokenize, root)
+    run = pretrain_task([shards, tokenizer], config.pretrain, root)
     return {"tokenizer": tokenizer, "shards": shards, "run": run}
 
 

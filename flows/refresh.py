@@ -25,7 +25,6 @@ from tasks.append_tokens import append_tokens_task
 from tasks.clean import clean_task
 from tasks.dedup import dedup_task
 from tasks.extract import extract_task
-from tasks.orchestration import call_stage
 from tasks.paragraph_dedup import paragraph_dedup_task
 from tasks.pretrain import VERSION as PRETRAIN_VERSION
 from tasks.pretrain import pretrain_task
@@ -80,24 +79,24 @@ def data_refresh_flow(config: LlmillConfig, at: str = "") -> dict:
     from flows.data import data_flow
 
     at = at or refresh_time()
-    root = store.resolve_root(config.root)
+    root = config.data_root
     base = data_flow(config)
     crawled = next(r for r in base["raw"] if load_manifest(r).stage == "crawl")
-    tokenizer = call_stage(train_tokenizer_task, [base["documents"]], config.tokenizer, root)
-    first = call_stage(tokenize_task, [base["documents"], tokenizer], config.tokenize, root)
+    tokenizer = train_tokenizer_task([base["documents"]], config.tokenizer, root)
+    first = tokenize_task([base["documents"], tokenizer], config.tokenize, root)
     versions = Versions(root, first)
     earlier = versions.before(at)
     latest = earlier[-1] if earlier else {"version": 1, "raw": crawled, "tokens": first, "run": first_run(config, root, first, tokenizer),
                                           "trained_tokens": first}
 
-    raw = call_stage(recrawl_task, [latest["raw"]], RecrawlConfig(crawl=config.crawl, at=at), root)
-    docs = call_stage(extract_task, [raw], config.extract, root, config.executor)
-    cleaned = call_stage(clean_task, [docs], config.clean, root, config.executor)
-    deduped = call_stage(dedup_task, [cleaned], config.dedup, root, config.executor)
+    raw = recrawl_task([latest["raw"]], RecrawlConfig(crawl=config.crawl, at=at), root)
+    docs = extract_task([raw], config.extract, root, config.executor)
+    cleaned = clean_task([docs], config.clean, root, config.executor)
+    deduped = dedup_task([cleaned], config.dedup, root, config.executor)
     documents = deduped  # paragraphs are deduplicated against every earlier batch through the index
     if config.paragraph_dedup.enabled:
-        documents = call_stage(paragraph_dedup_task, [deduped], config.paragraph_dedup, root)
-    tokens = call_stage(append_tokens_task, [latest["tokens"], documents, tokenizer, raw], config.tokenize, root)
+        documents = paragraph_dedup_task([deduped], config.paragraph_dedup, root)
+    tokens = append_tokens_task([latest["tokens"], documents, tokenizer, raw], config.tokenize, root)
     entry = {"version": load_manifest(tokens).stats["version"], "at": at, "raw": raw, "docs": docs, "clean": cleaned,
              "dedup": deduped, "paragraphs": documents if documents != deduped else None, "tokens": tokens, "run": latest.get("run"), "trained_tokens": latest.get("trained_tokens")}
     entry.update(continue_pretraining(config, root, tokenizer, entry, earlier))
@@ -134,7 +133,7 @@ def continue_pretraining(config: LlmillConfig, root: str, tokenizer: str, entry:
         print("continued pretraining skipped: no pretrained run to continue from (run the pretrain flow first)")
         return {}
     train = config.pretrain.train.model_copy(update={"steps": cfg.continue_steps or config.pretrain.train.steps})
-    run = call_stage(pretrain_task, [entry["tokens"], tokenizer, entry["run"]], config.pretrain.model_copy(update={"train": train}), root)
+    run = pretrain_task([entry["tokens"], tokenizer, entry["run"]], config.pretrain.model_copy(update={"train": train}), root)
     return {"run": run, "trained_tokens": entry["tokens"]}
 
 

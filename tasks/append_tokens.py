@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
-
 from formats.documents import doc_files
 from formats.manifest import Manifest, load_manifest
 from formats.raw import read_changes
 from formats.token_shards import SPLITS, doc_index, read_retired, split_shards, write_retired
 from formats.tokenizer import load_tokenizer
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.stage import Progress, no_progress
 from tasks.token_encoding import TokenizeConfig, encode_files, split_stats
 
@@ -104,6 +102,4 @@ def append_tokens(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: P
     }
 
 
-@task(name="append_tokens", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def append_tokens_task(inputs: list[str], cfg: TokenizeConfig, root: str) -> str:
-    return prefect_stage("append_tokens", VERSION, append_tokens, inputs, cfg, root)
+append_tokens_task = stage_task(append_tokens)

@@ -16,12 +16,11 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import DOC_SCHEMA, doc_files
-from tasks.executor import ExecutorConfig, map_shards
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.executor import map_shards
+from tasks.orchestration import stage_task
 from tasks.pii import PIIConfig, redact
 from tasks.quality import (
     C4Config,
@@ -164,6 +163,4 @@ def clean(inputs: list[str], cfg: CleanConfig, out: Path, progress: Progress = n
     }
 
 
-@task(name="clean", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def clean_task(inputs: list[str], cfg: CleanConfig, root: str, executor: ExecutorConfig | None = None) -> str:
-    return prefect_stage("clean", VERSION, clean, inputs, cfg, root, executor=executor, sharded=True)
+clean_task = stage_task(clean, sharded=True)

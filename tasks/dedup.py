@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from formats.documents import doc_files
@@ -31,8 +30,8 @@ from formats.files import file_sha256
 from formats.index_segments import INDEX_SCHEMA, append_index_segment, live_index
 from formats.manifest import digest_of
 from tasks import remote_index
-from tasks.executor import ExecutorConfig, map_shards
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.executor import map_shards
+from tasks.orchestration import stage_task
 from tasks.remote_index import persistent_index
 from tasks.stage import Progress, no_progress
 from tasks.text_hash import exact_hash
@@ -432,6 +431,4 @@ def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = n
     }
 
 
-@task(name="dedup", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def dedup_task(inputs: list[str], cfg: DedupConfig, root: str, executor: ExecutorConfig | None = None) -> str:
-    return prefect_stage("dedup", VERSION, dedup, inputs, cfg, root, executor=executor, sharded=True)
+dedup_task = stage_task(dedup, sharded=True)

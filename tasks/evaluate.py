@@ -20,16 +20,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import yaml
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.files import write_atomic
 from formats.manifest import load_manifest
-from formats.store import local_copy
 from formats.token_shards import split_docs, split_tokens
 from formats.tokenizer import BOS, EOS, load_tokenizer
 from model.config import ModelConfig
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.scores import bits_per_byte, classification_scores, unigram_bpb, xz_baselines
 from tasks.stage import Progress, no_progress
 
@@ -340,10 +338,10 @@ def evaluate(inputs: list[str], cfg: EvaluateConfig, out: Path, progress: Progre
     return stats
 
 
-@task(name="evaluate", cache_policy=STAGE_CACHE, persist_result=True, retries=1, log_prints=True)
-def evaluate_task(inputs: list[str], cfg: EvaluateConfig, root: str) -> str:
+def publish(report_dir: Path) -> None:
     from tasks.reports import publish_reports
 
-    out = prefect_stage("evaluate", VERSION, evaluate, inputs, cfg, root)
-    publish_reports(local_copy(out))
-    return out
+    publish_reports(report_dir)
+
+
+evaluate_task = stage_task(evaluate, publish=publish, log_prints=True)

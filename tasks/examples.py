@@ -24,7 +24,6 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import doc_files
@@ -32,7 +31,7 @@ from formats.example_files import IGNORE, SPLITS, ExamplesError, labelled_file, 
 from formats.files import write_atomic
 from formats.manifest import load_manifest
 from formats.tokenizer import BOS, EOS, load_tokenizer
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.stage import Progress, no_progress
 
 VERSION = 2  # 2: the context and the labelled file are inputs
@@ -198,6 +197,4 @@ def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progre
             "source": load_manifest(labelled[0]).stats["source"] if labelled else f"derived from {load_manifest(docs).stage} URLs"}
 
 
-@task(name="examples", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def examples_task(inputs: list[str], cfg: ExamplesConfig, root: str) -> str:
-    return prefect_stage("examples", VERSION, examples, inputs, cfg, root)
+examples_task = stage_task(examples)

@@ -22,15 +22,14 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import DOC_SCHEMA, doc_id
 from formats.manifest import load_manifest
 from formats.raw import warc_files
-from tasks.executor import ExecutorConfig, current_executor, map_shards
+from tasks.executor import current_executor, map_shards
 from tasks.http_body import BodyDecodingError, BoundedBody, UnsupportedEncoding
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.stage import Progress, no_progress
 from tasks.text_blocks import render as render_blocks
 from tasks.warc_ranges import describe, file_split_points, open_range, plan_shards
@@ -408,6 +407,4 @@ def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress
     }
 
 
-@task(name="extract", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def extract_task(inputs: list[str], cfg: ExtractConfig, root: str, executor: ExecutorConfig | None = None) -> str:
-    return prefect_stage("extract", VERSION, extract, inputs, cfg, root, executor=executor, sharded=True)
+extract_task = stage_task(extract, sharded=True)

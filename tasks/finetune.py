@@ -11,14 +11,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.manifest import load_manifest
-from formats.store import local_copy
 from formats.tokenizer import tokenizer_path
 from model.config import HeadConfig, HeadSpec, ModelConfig, TrainConfig
-from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.reports import loss_plot_markdown, plot_curves, training_events
 from tasks.stage import Progress, no_progress
 
@@ -84,12 +82,10 @@ def finetune(inputs: list[str], cfg: FinetuneConfig, out: Path, progress: Progre
     return {**summary, "kind": ex["kind"], "labels": ex["labels"], "head": head.model_dump(), "model": model_cfg.model_dump()}
 
 
-@task(name="finetune", cache_policy=STAGE_CACHE, persist_result=True, retries=1, log_prints=True)
-def finetune_task(inputs: list[str], cfg: FinetuneConfig, root: str) -> str:
+def publish_loss_curve(run_dir: Path) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    with accelerator_slot():
-        out = prefect_stage("finetune", VERSION, finetune, inputs, cfg, root, resumable=True)
-    create_markdown_artifact(loss_plot_markdown(local_copy(out), "Fine-tuning"), key="finetune-loss-curve",
-                             description="fine-tuning loss")
-    return out
+    create_markdown_artifact(loss_plot_markdown(run_dir, "Fine-tuning"), key="finetune-loss-curve", description="fine-tuning loss")
+
+
+finetune_task = stage_task(finetune, resumable=True, training=True, publish=publish_loss_curve)

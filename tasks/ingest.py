@@ -23,12 +23,11 @@ from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.manifest import digest_of
 from formats.raw import write_sources
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.stage import Progress, no_progress
 from tasks.urls import private_address_reason
 from tasks.warc_ranges import describe, source_fs
@@ -132,6 +131,4 @@ def ingest(inputs: list[str], cfg: IngestConfig, out: Path, progress: Progress =
             "copied_bytes": 0}
 
 
-@task(name="ingest", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def ingest_task(inputs: list[str], cfg: IngestConfig, root: str) -> str:
-    return prefect_stage("ingest", VERSION, ingest, inputs, cfg, root)
+ingest_task = stage_task(ingest)

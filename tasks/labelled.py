@@ -11,12 +11,11 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.example_files import LABELLED_FILE, ExamplesError, labelled_suffix
 from formats.files import file_sha256
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.stage import Progress, no_progress
 
 VERSION = 1
@@ -49,6 +48,4 @@ def labelled(inputs: list[str], cfg: LabelledConfig, out: Path, progress: Progre
     return {"source": cfg.path, "bytes": size, "sha256": file_sha256(dest)}
 
 
-@task(name="labelled", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def labelled_task(inputs: list[str], cfg: LabelledConfig, root: str) -> str:
-    return prefect_stage("labelled", VERSION, labelled, inputs, cfg, root)
+labelled_task = stage_task(labelled)

@@ -2,18 +2,19 @@
 
 Cache key = the task's source + the dataset's place (stage, version, config, input
 digests, and for ingest the state of its sources). A stage recomputed upstream gets a new manifest digest, so everything after it
-gets new keys; a cached result whose dataset is gone is refreshed by `call_stage`.
+gets new keys; a cached result whose dataset is gone is refreshed (`StageTask`). A stage is one
+function plus one line: `<name>_task = stage_task(<name>, ...)`.
 """
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
-from contextlib import contextmanager
-from typing import Any
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Callable
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
@@ -155,16 +156,50 @@ def _limit_defined() -> bool:
             return False
 
 
-def call_stage(task, inputs: list[str], cfg: BaseModel, root: str, executor: ExecutorConfig | None = None) -> str:
-    """Call a stage task (with the executor, where it runs shards); when its dataset is gone
-    from disk, refresh the cached result."""
-    sharded = "executor" in inspect.signature(task.fn).parameters
-    layout = source_layout(task.fn.__module__, cfg, executor_layout(task.fn.__module__, executor) if sharded else None)
-    out = stage_dir(root, task.name, _stage_version(task), cfg, inputs, layout)
-    task = task.with_options(timeout_seconds=backstop_seconds(task.name, cfg))
-    if not is_dataset(out):
-        task = task.with_options(refresh_cache=True)
-    return task(inputs, cfg, root, executor) if sharded else task(inputs, cfg, root)
+class StageTask:
+    """A stage's Prefect task (`stage_task`), called as `task(inputs, cfg, root[, executor])` in a
+    flow. Before it runs, the dataset's place is computed: when the task cache answers for a place
+    whose dataset is gone from disk, the cached result is refreshed and the stage recomputed."""
+
+    def __init__(self, task, sharded: bool):
+        self.task = task
+        self.sharded = sharded
+        self.name = task.name
+        self.fn = task.fn
+
+    def __call__(self, inputs: list[str], cfg: BaseModel, root: str, executor: ExecutorConfig | None = None) -> str:
+        module = self.fn.__module__
+        layout = source_layout(module, cfg, executor_layout(module, executor) if self.sharded else None)
+        out = stage_dir(root, self.name, _stage_version(self.task), cfg, inputs, layout)
+        task = self.task.with_options(timeout_seconds=backstop_seconds(self.name, cfg))
+        if not is_dataset(out):
+            task = task.with_options(refresh_cache=True)
+        return task(inputs, cfg, root, executor) if self.sharded else task(inputs, cfg, root)
+
+
+def stage_task(fn: StageFn, *, sharded: bool = False, resumable: bool = False, training: bool = False,
+               publish: Callable[[Path], None] | None = None, retries: int = 1, **options) -> StageTask:
+    """The Prefect task of stage function `fn` (named after it; VERSION, EXECUTOR_LAYOUT and
+    SOURCE_STATE are read from its module): cached by its dataset's place, retried, with a
+    progress bar, a statistics table and a log line. `sharded`: its shards run on the flow's
+    executor; `resumable`: a retry resumes from what the attempt kept; `training`: it holds the
+    accelerator while it runs; `publish`: what it shows in the UI afterwards (artifacts), given
+    its local copy."""
+    name = fn.__name__
+
+    def run(inputs: list[str], cfg: BaseModel, root: str, executor: ExecutorConfig | None = None) -> str:
+        version = getattr(sys.modules[fn.__module__], "VERSION", 1)
+        with accelerator_slot() if training else nullcontext():
+            out = prefect_stage(name, version, fn, inputs, cfg, root, executor=executor, sharded=sharded, resumable=resumable)
+        if publish is not None:
+            from formats.store import local_copy
+
+            publish(local_copy(out))
+        return out
+
+    run.__module__, run.__name__, run.__qualname__ = fn.__module__, f"{name}_task", f"{name}_task"
+    options = {"log_prints": training, **options}
+    return StageTask(task(name=name, cache_policy=STAGE_CACHE, persist_result=True, retries=retries, **options)(run), sharded)
 
 
 DATA_STAGE_BACKSTOP_S = 24 * 3600.0

@@ -28,14 +28,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import doc_files
 from formats.index_segments import append_index_segment, index_segments
 from formats.manifest import digest_of
 from tasks import remote_index
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.remote_index import persistent_index
 from tasks.stage import Progress, no_progress
 from tasks.text_hash import normalize_for_hash
@@ -179,7 +178,4 @@ def paragraph_dedup(inputs: list[str], cfg: ParagraphDedupConfig, out: Path, pro
     }
 
 
-@task(name="paragraph_dedup", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def paragraph_dedup_task(inputs: list[str], cfg: ParagraphDedupConfig, root: str) -> str:
-    return prefect_stage("paragraph_dedup", VERSION, paragraph_dedup, inputs, cfg, root)
-
+paragraph_dedup_task = stage_task(paragraph_dedup)

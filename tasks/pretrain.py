@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.manifest import load_manifest
-from formats.store import local_copy
 from formats.tokenizer import tokenizer_path
 from model.config import ModelConfig, ModelShape, TrainConfig
-from tasks.orchestration import STAGE_CACHE, accelerator_slot, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.reports import loss_plot_markdown, plot_curves, training_events
 from tasks.stage import Progress, no_progress
 
@@ -72,11 +70,10 @@ def _params(cfg: ModelConfig) -> int:
     return Llama(cfg).num_params()
 
 
-@task(name="pretrain", cache_policy=STAGE_CACHE, persist_result=True, retries=1, log_prints=True)
-def pretrain_task(inputs: list[str], cfg: PretrainConfig, root: str) -> str:
+def publish_loss_curve(run_dir: Path) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    with accelerator_slot():
-        out = prefect_stage("pretrain", VERSION, pretrain, inputs, cfg, root, resumable=True)
-    create_markdown_artifact(loss_plot_markdown(local_copy(out), "Pretraining"), key="pretrain-loss-curve", description="training and validation loss")
-    return out
+    create_markdown_artifact(loss_plot_markdown(run_dir, "Pretraining"), key="pretrain-loss-curve", description="training and validation loss")
+
+
+pretrain_task = stage_task(pretrain, resumable=True, training=True, publish=publish_loss_curve)

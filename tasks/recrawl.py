@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import doc_id
@@ -20,7 +19,7 @@ from formats.raw import write_changes
 from tasks.crawl.config import CrawlConfig
 from tasks.crawl.crawler import run_crawler
 from tasks.crawl.state import KEPT
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.stage import Progress, no_progress
 
 VERSION = 2  # 2: builtin:pydoc under a fixed name
@@ -63,6 +62,4 @@ def recrawl(inputs: list[str], cfg: RecrawlConfig, out: Path, progress: Progress
     return {**stats, "changes": counts, "unchanged": unchanged, "previous": Path(raw).name, "at": cfg.at}
 
 
-@task(name="recrawl", cache_policy=STAGE_CACHE, persist_result=True, retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.5)
-def recrawl_task(inputs: list[str], cfg: RecrawlConfig, root: str) -> str:
-    return prefect_stage("recrawl", VERSION, recrawl, inputs, cfg, root, resumable=True)
+recrawl_task = stage_task(recrawl, resumable=True, retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.5)

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from prefect import task
 
 from formats.documents import doc_files
 from formats.token_shards import split_of
 from formats.tokenizer import load_tokenizer
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.stage import Progress, no_progress
 from tasks.token_encoding import TokenizeConfig, encode_files, split_stats
 
@@ -78,6 +77,4 @@ def tokenize(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: Progre
     return stats
 
 
-@task(name="tokenize", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def tokenize_task(inputs: list[str], cfg: TokenizeConfig, root: str) -> str:
-    return prefect_stage("tokenize", VERSION, tokenize, inputs, cfg, root)
+tokenize_task = stage_task(tokenize)

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from formats.documents import doc_files
 from formats.tokenizer import BOS, EOS, MODEL_FILE, PAD, UNK
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.stage import Progress, no_progress
 
 VERSION = 1
@@ -119,6 +118,4 @@ def train_tokenizer(inputs: list[str], cfg: TokenizerConfig, out: Path, progress
     }
 
 
-@task(name="train_tokenizer", cache_policy=STAGE_CACHE, persist_result=True, retries=1)
-def train_tokenizer_task(inputs: list[str], cfg: TokenizerConfig, root: str) -> str:
-    return prefect_stage("train_tokenizer", VERSION, train_tokenizer, inputs, cfg, root)
+train_tokenizer_task = stage_task(train_tokenizer)

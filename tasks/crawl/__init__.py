@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
-
 from tasks.crawl.config import CrawlConfig
 from tasks.crawl.crawler import run_crawler
-from tasks.orchestration import STAGE_CACHE, prefect_stage
+from tasks.orchestration import stage_task
 from tasks.stage import Progress, no_progress
 
 __all__ = ["VERSION", "CrawlConfig", "crawl", "crawl_task"]
@@ -40,6 +38,4 @@ def crawl(inputs: list[str], cfg: CrawlConfig, out: Path, progress: Progress = n
     return stats
 
 
-@task(name="crawl", cache_policy=STAGE_CACHE, persist_result=True, retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.5)
-def crawl_task(inputs: list[str], cfg: CrawlConfig, root: str) -> str:
-    return prefect_stage("crawl", VERSION, crawl, inputs, cfg, root, resumable=True)
+crawl_task = stage_task(crawl, resumable=True, retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.5)

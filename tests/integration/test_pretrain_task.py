@@ -18,7 +18,6 @@ from formats.manifest import load_manifest
 from model.config import TrainConfig
 from model.launch import run_training
 from model.config import ModelShape
-from tasks.orchestration import call_stage
 from tasks.pretrain import VERSION, PretrainConfig, pretrain_task
 from tasks.stage import stage_dir
 from tests.helpers import losses, max_diff, metrics, run_spec, training_pids
@@ -60,7 +59,7 @@ def test_task_retry_resumes_from_the_last_checkpoint(prefect_harness, data, tmp_
 
     @flow
     def pretrain_only() -> str:
-        return call_stage(pretrain_task, inputs, cfg, root)
+        return pretrain_task(inputs, cfg, root)
 
     killed: list[int] = []
     watcher = kill_after_checkpoint(partial, 20, killed)
