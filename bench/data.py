@@ -101,7 +101,7 @@ def minhash_peers(texts: list[str]) -> dict:
 
 
 def stage_runs(warc_dir: Path, workers: int) -> dict:
-    from flows.config import load_config
+    from flows.llmill_config import load_config
     from formats.manifest import load_manifest
     from tasks.clean import clean
     from tasks.dedup import DedupConfig, dedup
@@ -129,8 +129,8 @@ def stage_runs(warc_dir: Path, workers: int) -> dict:
 
 def flow_runs(warc_dir: Path, workers: int, extra: tuple[str, ...] = (), tag: str = "") -> dict:
     """The whole data flow under Prefect (server already started), cold and then cached."""
-    from flows.config import load_config
-    from flows.data import data_flow
+    from flows.data_flow import data_flow
+    from flows.llmill_config import load_config
 
     root = WORK / f"flow-w{workers}{tag}"
     shutil.rmtree(root, ignore_errors=True)

@@ -36,7 +36,7 @@ from tests.helpers import DaskCluster, write_warc  # noqa: E402
 
 
 def data_stages(root: Path, warc: Path, executor: ExecutorConfig, workers: int) -> tuple[float, int, dict]:
-    from flows.config import load_config
+    from flows.llmill_config import load_config
     from formats.manifest import load_manifest
     from tasks.clean import VERSION as CV
     from tasks.clean import clean

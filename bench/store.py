@@ -32,7 +32,7 @@ from tests.helpers import S3Server, write_warc  # noqa: E402
 
 
 def run(root: str, warc: Path, shard_bytes: int) -> dict:
-    from flows.config import load_config
+    from flows.llmill_config import load_config
     from formats.manifest import load_manifest
     from tasks.clean import VERSION as CV
     from tasks.clean import clean

@@ -24,13 +24,13 @@ SetOpt = typer.Option([], "--set", "-s", help="override a config key: --set craw
 
 
 def _load(config: Optional[Path], overrides: list[str]):
-    # Prefect reads its settings when first imported (flows.config imports it): set these first.
+    # Prefect reads its settings when first imported (flows.llmill_config imports it): set these first.
     # Quiet offline telemetry; and give the embedded server time for its first start, which
     # migrates a fresh SQLite database: 15-22 s on an idle 2-core machine, past Prefect's 20 s
     # default when the machine is busy.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    from flows.config import ConfigError, load_config
+    from flows.llmill_config import ConfigError, load_config
 
     try:
         cfg = load_config(config, overrides)
@@ -50,13 +50,13 @@ def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def _print_data_summary(result: dict) -> None:
-    from flows.data import summary_rows
+    from flows.data_flow import summary_rows
 
     _print_rows("llmill data flow", summary_rows(result))
 
 
 def _print_pretrain_summary(result: dict) -> None:
-    from flows.pretrain import summary_rows
+    from flows.pretrain_flow import summary_rows
 
     _print_rows("llmill pretrain flow", summary_rows(result))
 
@@ -87,9 +87,9 @@ def _guarded(flow, *args):
 def run(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """The whole pipeline: data, pretrain, finetune, evaluate; ends with the report's headline."""
     cfg = _load(config, set_)
-    from flows.evaluate import summary_rows as report_rows
-    from flows.finetune import summary_rows as finetune_rows
-    from flows.pipeline import pipeline_flow
+    from flows.evaluate_flow import summary_rows as report_rows
+    from flows.finetune_flow import summary_rows as finetune_rows
+    from flows.pipeline_flow import pipeline_flow
 
     result = _guarded(pipeline_flow, cfg)
     _print_data_summary(result["data"])
@@ -107,7 +107,7 @@ def pretrain(
 ):
     """train_tokenizer, tokenize and pretrain on a documents dataset."""
     cfg = _load(config, set_)
-    from flows.pretrain import pretrain_flow
+    from flows.pretrain_flow import pretrain_flow
 
     _print_pretrain_summary(_guarded(pretrain_flow, cfg, str(documents) if documents else ""))
 
@@ -116,7 +116,7 @@ def pretrain(
 def data(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """The data flow alone: crawl/ingest, extract, clean, dedup, paragraph dedup."""
     cfg = _load(config, set_)
-    from flows.data import data_flow
+    from flows.data_flow import data_flow
 
     _print_data_summary(_guarded(data_flow, cfg))
 
@@ -126,7 +126,7 @@ def refresh(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """One incremental data refresh now: re-crawl with conditional requests, process the changed
     and new pages only, append their tokens as a new version (the data-refresh deployment's work)."""
     cfg = _load(config, set_)
-    from flows.refresh import data_refresh_flow, summary_rows
+    from flows.refresh_flow import data_refresh_flow, summary_rows
 
     _print_rows("llmill data refresh", summary_rows(_guarded(data_refresh_flow, cfg)))
 
@@ -135,7 +135,7 @@ def refresh(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
 def finetune(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """examples and finetune from the pretrained model (upstream flows answer from cache)."""
     cfg = _load(config, set_)
-    from flows.finetune import finetune_flow, summary_rows
+    from flows.finetune_flow import finetune_flow, summary_rows
 
     _print_rows("llmill finetune flow", summary_rows(_guarded(finetune_flow, cfg)))
 
@@ -144,7 +144,7 @@ def finetune(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
 def evaluate(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
     """evaluate the pretrained (and, when enabled, fine-tuned) model; upstream flows from cache."""
     cfg = _load(config, set_)
-    from flows.evaluate import evaluate_flow, summary_rows
+    from flows.evaluate_flow import evaluate_flow, summary_rows
 
     _print_rows("llmill evaluation", summary_rows(_guarded(evaluate_flow, cfg)))
 

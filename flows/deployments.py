@@ -11,18 +11,17 @@ from __future__ import annotations
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-from flows.config import LlmillConfig
-
+from flows.llmill_config import LlmillConfig
 from tasks.orchestration import ACCELERATOR_LIMIT
 
 
 def flows() -> dict:
-    from flows.data import data_flow
-    from flows.evaluate import evaluate_flow
-    from flows.finetune import finetune_flow
-    from flows.pipeline import pipeline_flow
-    from flows.pretrain import pretrain_flow
-    from flows.refresh import data_refresh_flow
+    from flows.data_flow import data_flow
+    from flows.evaluate_flow import evaluate_flow
+    from flows.finetune_flow import finetune_flow
+    from flows.pipeline_flow import pipeline_flow
+    from flows.pretrain_flow import pretrain_flow
+    from flows.refresh_flow import data_refresh_flow
 
     return {"data": data_flow, "data-refresh": data_refresh_flow, "pretrain": pretrain_flow, "finetune": finetune_flow,
             "evaluate": evaluate_flow, "pipeline": pipeline_flow}

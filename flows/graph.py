@@ -11,16 +11,16 @@ in one place, so no flow re-derives another's inputs.
 
 from __future__ import annotations
 
-from flows.config import LlmillConfig
+from flows.llmill_config import LlmillConfig
 
 CHAIN = ("data", "pretrain", "finetune", "evaluate")
 
 
 def _step(name: str, config: LlmillConfig, done: dict):
-    from flows.data import data_flow
-    from flows.evaluate import evaluate_flow, evaluation_inputs
-    from flows.finetune import finetune_flow
-    from flows.pretrain import pretrain_flow
+    from flows.data_flow import data_flow
+    from flows.evaluate_flow import evaluate_flow, evaluation_inputs
+    from flows.finetune_flow import finetune_flow
+    from flows.pretrain_flow import pretrain_flow
 
     if name == "data":
         return data_flow(config)

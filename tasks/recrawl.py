@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from formats.documents import doc_id
 from formats.manifest import load_manifest
 from formats.raw import write_changes
-from tasks.crawl.config import CrawlConfig
+from tasks.crawl.crawl_config import CrawlConfig
 from tasks.crawl.crawler import run_crawler
 from tasks.crawl.state import KEPT
 from tasks.orchestration import stage_task

@@ -155,7 +155,7 @@ def compose_config(tmp: Path, values: dict[str, str] | None = None, profiles: tu
 
 def tiny_pipeline_config(root: Path, warc: Path) -> dict:
     """The whole pipeline at test-tiny size on one WARC file, as a config tree (YAML-ready)."""
-    from flows.config import load_config
+    from flows.llmill_config import load_config
 
     return {
         "root": str(root),

@@ -9,7 +9,7 @@ Resumability: the crawl keeps an append-only journal beside its WARC files. A cr
 mid-way restarts from the journal and the WARC files (the WARC is the truth for what was
 stored; a torn last record is cut off), so no stored page is fetched twice.
 
-The parts: config.py, state.py (journal, stored URLs), warc_sink.py, politeness.py (hosts,
+The parts: crawl_config.py, state.py (journal, stored URLs), warc_sink.py, politeness.py (hosts,
 robots, backoff), fetch.py (a page, a visit), crawler.py (frontier, commit order, state.json,
 run_crawler: what crawl and recrawl both run).
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.crawl.config import CrawlConfig
+from tasks.crawl.crawl_config import CrawlConfig
 from tasks.crawl.crawler import run_crawler
 from tasks.orchestration import stage_task
 from tasks.stage import Progress, no_progress

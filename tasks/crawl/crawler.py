@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tasks.crawl.config import CrawlConfig
+from tasks.crawl.crawl_config import CrawlConfig
 from tasks.crawl.fetch import Fetcher, Visit
 from tasks.crawl.politeness import Politeness
 from tasks.crawl.state import KEPT, Journal, StorageFailed, stored_urls

@@ -11,7 +11,7 @@ from typing import Callable, Literal
 
 import httpx
 
-from tasks.crawl.config import CrawlConfig
+from tasks.crawl.crawl_config import CrawlConfig
 from tasks.crawl.politeness import Politeness, backoff_delay, retry_after_seconds
 from tasks.crawl.warc_sink import Page
 from tasks.http_body import BodyDecodingError, BoundedBody, UnsupportedEncoding

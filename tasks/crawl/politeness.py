@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from protego import Protego
 
-from tasks.crawl.config import CrawlConfig
+from tasks.crawl.crawl_config import CrawlConfig
 from tasks.http_body import BodyDecodingError, BoundedBody, UnsupportedEncoding
 from tasks.net_guard import AddressRefused
 from tasks.urls import normalize_url, origin_of

@@ -3,7 +3,7 @@
 
 import re
 
-from flows.config import LlmillConfig
+from flows.llmill_config import LlmillConfig
 from flows.locked import LOCKED, changed_locked_keys
 
 # names of keys that reach the file system or the network outside the run's own data

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flows.config import LlmillConfig, load_config
-from flows.data import data_flow
+from flows.data_flow import data_flow
+from flows.llmill_config import LlmillConfig, load_config
 from formats.manifest import load_manifest
 from tests.helpers import bad_pages, python_doc_pages, write_warc
 

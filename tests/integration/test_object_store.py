@@ -144,9 +144,9 @@ def file_entries(dataset: str) -> list[tuple]:
 @pytest.mark.prefect_server
 @pytest.mark.trainer
 def test_the_data_and_pretrain_flows_on_s3_equal_the_local_run_and_rerun_cached(tmp_path, s3_server, bucket, monkeypatch, prefect_harness):
-    from flows.config import LlmillConfig
-    from flows.data import data_flow
-    from flows.pretrain import pretrain_flow
+    from flows.data_flow import data_flow
+    from flows.llmill_config import LlmillConfig
+    from flows.pretrain_flow import pretrain_flow
     from tests.helpers import all_task_states, python_doc_site_pages, tiny_pipeline_config, write_warc
 
     for key, value in s3_server.env.items():
@@ -191,8 +191,7 @@ def test_a_training_killed_on_one_node_resumes_from_the_root_on_another(tmp_path
     import time
 
     from formats.manifest import load_manifest
-    from model.config import TrainConfig
-    from model.config import ModelShape
+    from model.config import ModelShape, TrainConfig
     from tasks.pretrain import VERSION, PretrainConfig, pretrain
     from tasks.stage import run_stage, stage_dir
     from tests.helpers import metrics, training_pids
@@ -252,7 +251,7 @@ def test_dask_workers_that_share_no_disk_with_the_flow_read_and_write_the_bucket
     node cache (a tmpfs over it in their mount namespace): the workers fetch their inputs into a
     cache of their own and upload their parts; the datasets equal the local pool's on local disk.
     An extract stopped after two shards resumes on the same attempt prefix."""
-    from flows.config import load_config
+    from flows.llmill_config import load_config
     from formats.manifest import load_manifest
     from tasks.clean import VERSION as CLEAN_VERSION
     from tasks.clean import clean

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import LlmillConfig
-from flows.pipeline import pipeline_flow
+from flows.llmill_config import LlmillConfig
+from flows.pipeline_flow import pipeline_flow
 from tasks.harness import lm_eval_env
 from tests.helpers import all_task_states
 

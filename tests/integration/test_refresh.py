@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flows.config import LlmillConfig, load_config
-from flows.data import data_flow
-from flows.pretrain import pretrain_flow
-from flows.refresh import Versions, data_refresh_flow
+from flows.data_flow import data_flow
+from flows.llmill_config import LlmillConfig, load_config
+from flows.pretrain_flow import pretrain_flow
+from flows.refresh_flow import Versions, data_refresh_flow
 from formats.files import file_sha256
 from formats.manifest import load_manifest
 from formats.token_shards import SPLITS, doc_index, open_tokens, split_shards

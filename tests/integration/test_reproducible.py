@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from flows.config import load_config
+from flows.llmill_config import load_config
 from formats.manifest import load_manifest
 from tasks.clean import VERSION as CLEAN_VERSION
 from tasks.clean import clean

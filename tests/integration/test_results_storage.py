@@ -21,8 +21,8 @@ DATA_STAGES = {"ingest", "extract", "clean", "dedup"}
 
 RUN_DATA_FLOW = """
 import json, sys
-from flows.config import load_config
-from flows.data import data_flow
+from flows.llmill_config import load_config
+from flows.data_flow import data_flow
 from tests.helpers import all_task_states
 state = data_flow(load_config(sys.argv[1]), return_state=True)
 assert state.is_completed(), state

@@ -106,8 +106,8 @@ def test_extract_on_dask_with_a_worker_killed_equals_the_local_pool(tmp_path, da
 @pytest.mark.prefect_server
 @pytest.mark.dask_cluster
 def test_the_data_flow_on_dask_writes_what_it_writes_on_the_local_pool(tmp_path, dask_cluster, small_warc, prefect_harness):
-    from flows.config import LlmillConfig, load_config
-    from flows.data import data_flow
+    from flows.data_flow import data_flow
+    from flows.llmill_config import LlmillConfig, load_config
 
     demo_clean = load_config().clean.model_dump(mode="json")  # the demo's rules for documentation pages
     results = {}
@@ -143,7 +143,7 @@ def demo_site_warc(tmp_path_factory) -> Path:
 
 @pytest.mark.dask_cluster
 def test_distributed_dedup_equals_the_one_process_pass_on_demo_pages_on_both_engines(tmp_path, dask_cluster, demo_site_warc):
-    from flows.config import load_config
+    from flows.llmill_config import load_config
     from formats.documents import doc_files
     from tasks.clean import VERSION as CLEAN_VERSION
     from tasks.clean import clean

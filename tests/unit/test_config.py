@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import ConfigError, load_config
+from flows.llmill_config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

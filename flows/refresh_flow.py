@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.config import LlmillConfig
+from flows.llmill_config import LlmillConfig
 from flows.locked import refuse_locked_changes
 from formats import store
 from formats.files import write_atomic
@@ -76,7 +76,7 @@ def data_refresh_flow(config: LlmillConfig, at: str = "") -> dict:
     refuse_locked_changes(config)
     if not config.crawl.seeds:
         raise ValueError("data-refresh re-crawls the crawl's pages: set crawl.seeds")
-    from flows.data import data_flow
+    from flows.data_flow import data_flow
 
     at = at or refresh_time()
     root = config.data_root

@@ -7,7 +7,7 @@ import json
 
 from prefect import flow
 
-from flows.config import LlmillConfig
+from flows.llmill_config import LlmillConfig
 from flows.locked import refuse_locked_changes
 from formats.store import join, local_copy
 from tasks.evaluate import evaluate_task

@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.config import LlmillConfig
+from flows.llmill_config import LlmillConfig
 from flows.locked import refuse_locked_changes
 from formats.manifest import load_manifest
 from tasks.clean import clean_task

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.config import LlmillConfig
+from flows.llmill_config import LlmillConfig
 from flows.locked import refuse_locked_changes
 from formats.manifest import load_manifest
 from formats.store import join

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.config import LlmillConfig
 from flows.graph import upstream
+from flows.llmill_config import LlmillConfig
 from flows.locked import refuse_locked_changes
 
 
