@@ -32,14 +32,20 @@ def _fs(url: str):
 
 
 def push(step_dir: Path, metrics: Path, url: str, keep: int) -> None:
-    """Upload a complete local checkpoint (its state file last) and the metrics so far."""
+    """Upload a complete local checkpoint and the metrics so far. The state file goes last: it
+    makes the checkpoint complete on the store, so the metrics up to its step must be there
+    before it (a run killed in between resumes elsewhere with its whole loss curve)."""
     fs, base = _fs(url)
     remote = f"{base}/checkpoints/{step_dir.name}"
     files = sorted(p for p in step_dir.rglob("*") if p.is_file())
-    for f in sorted(files, key=lambda p: p.name == STATE):
-        fs.put_file(str(f), f"{remote}/{f.relative_to(step_dir)}")
+    for f in files:
+        if f.name != STATE:
+            fs.put_file(str(f), f"{remote}/{f.relative_to(step_dir)}")
     if metrics.is_file():
         fs.put_file(str(metrics), f"{base}/{metrics.name}")
+    for f in files:
+        if f.name == STATE:
+            fs.put_file(str(f), f"{remote}/{f.relative_to(step_dir)}")
     for old in _complete_steps(fs, base)[:-keep]:
         fs.rm(f"{base}/checkpoints/{old}", recursive=True)
 
