@@ -111,11 +111,11 @@ def stage_runs(warc_dir: Path, workers: int) -> dict:
 
     root = WORK / f"stages-w{workers}"
     shutil.rmtree(root, ignore_errors=True)
-    raw = run_stage("ingest", 1, ingest, [], IngestConfig(paths=[str(warc_dir / "*.warc.gz")]), root)
-    t_ext, docs = timed(lambda: run_stage("extract", 1, extract, [str(raw)], ExtractConfig(workers=workers), root))
+    raw = run_stage("ingest", 1, ingest, {}, IngestConfig(paths=[str(warc_dir / "*.warc.gz")]), root)
+    t_ext, docs = timed(lambda: run_stage("extract", 1, extract, {"raw": [str(raw)]}, ExtractConfig(workers=workers), root))
     clean_cfg = load_config().clean.model_copy(update={"workers": workers})
-    t_clean, cleaned = timed(lambda: run_stage("clean", 1, clean, [str(docs)], clean_cfg, root))
-    t_dedup, deduped = timed(lambda: run_stage("dedup", 1, dedup, [str(cleaned)], DedupConfig(workers=workers), root))
+    t_clean, cleaned = timed(lambda: run_stage("clean", 1, clean, {"documents": str(docs)}, clean_cfg, root))
+    t_dedup, deduped = timed(lambda: run_stage("dedup", 1, dedup, {"documents": str(cleaned)}, DedupConfig(workers=workers), root))
     return {
         "extract_s": t_ext,
         "clean_s": t_clean,

@@ -40,9 +40,9 @@ def run(root: Path, paths: list[str], shard_bytes: int, workers: int) -> dict:
     from tasks.stage import run_stage
 
     start = time.perf_counter()
-    raw = run_stage("ingest", IV, ingest, [], IngestConfig(paths=paths, allow_private_addresses=True), root)
+    raw = run_stage("ingest", IV, ingest, {}, IngestConfig(paths=paths, allow_private_addresses=True), root)
     with executor_scope(ExecutorConfig(shard_bytes=shard_bytes)):
-        docs = run_stage("extract", EV, extract, [str(raw)], ExtractConfig(workers=workers), root, sharded=True,
+        docs = run_stage("extract", EV, extract, {"raw": [str(raw)]}, ExtractConfig(workers=workers), root, sharded=True,
                          layout={"shard_bytes": shard_bytes})
     return {"seconds": time.perf_counter() - start, "documents": load_manifest(docs).stats["documents"]}
 

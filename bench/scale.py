@@ -48,7 +48,7 @@ def data_stages(root: Path, warc: Path, executor: ExecutorConfig, workers: int) 
     from tasks.ingest import IngestConfig, ingest
     from tasks.stage import run_stage
 
-    raw = run_stage("ingest", IV, ingest, [], IngestConfig(paths=[str(warc)]), root)
+    raw = run_stage("ingest", IV, ingest, {}, IngestConfig(paths=[str(warc)]), root)
     clean_cfg = load_config().clean.model_copy(update={"workers": workers})
     stages: dict[str, float] = {}
 
@@ -59,10 +59,10 @@ def data_stages(root: Path, warc: Path, executor: ExecutorConfig, workers: int) 
         return result
 
     with executor_scope(executor):
-        docs = timed("extract", lambda: run_stage("extract", EV, extract, [str(raw)], ExtractConfig(workers=workers), root, sharded=True,
+        docs = timed("extract", lambda: run_stage("extract", EV, extract, {"raw": [str(raw)]}, ExtractConfig(workers=workers), root, sharded=True,
                                                   layout={"shard_bytes": executor.shard_bytes}))
-        cleaned = timed("clean", lambda: run_stage("clean", CV, clean, [str(docs)], clean_cfg, root, sharded=True))
-        timed("dedup", lambda: run_stage("dedup", DV, dedup, [str(cleaned)], DedupConfig(workers=workers), root, sharded=True))
+        cleaned = timed("clean", lambda: run_stage("clean", CV, clean, {"documents": str(docs)}, clean_cfg, root, sharded=True))
+        timed("dedup", lambda: run_stage("dedup", DV, dedup, {"documents": str(cleaned)}, DedupConfig(workers=workers), root, sharded=True))
     return sum(stages.values()), load_manifest(docs).stats["documents"], stages
 
 

@@ -49,11 +49,11 @@ def run(root: str, warc: Path, shard_bytes: int) -> dict:
     cfg = load_config()
     executor = ExecutorConfig(shard_bytes=shard_bytes)
     start = time.perf_counter()
-    raw = run_stage("ingest", IV, ingest, [], IngestConfig(paths=[str(warc)]), root)
+    raw = run_stage("ingest", IV, ingest, {}, IngestConfig(paths=[str(warc)]), root)
     with executor_scope(executor):
-        docs = run_stage("extract", EV, extract, [str(raw)], cfg.extract, root, sharded=True, layout=executor_layout("tasks.extract", executor))
-        kept = run_stage("clean", CV, clean, [str(docs)], cfg.clean, root, sharded=True, layout=executor_layout("tasks.clean", executor))
-        final = run_stage("dedup", DV, dedup, [str(kept)], cfg.dedup, root, sharded=True, layout=executor_layout("tasks.dedup", executor))
+        docs = run_stage("extract", EV, extract, {"raw": [str(raw)]}, cfg.extract, root, sharded=True, layout=executor_layout("tasks.extract", executor))
+        kept = run_stage("clean", CV, clean, {"documents": str(docs)}, cfg.clean, root, sharded=True, layout=executor_layout("tasks.clean", executor))
+        final = run_stage("dedup", DV, dedup, {"documents": str(kept)}, cfg.dedup, root, sharded=True, layout=executor_layout("tasks.dedup", executor))
     return {"seconds": time.perf_counter() - start, "documents": load_manifest(final).stats.get("documents_out", load_manifest(final).stats)}
 
 

@@ -40,7 +40,7 @@ def main() -> None:
     texts = [f.read_text(errors="replace") for f in sorted((PYDOCS / "_sources").rglob("*.txt"))] * args.repeat
     mb = sum(len(t.encode()) for t in texts) / 1e6
     docs = corpus_dataset(work, "bench", texts)
-    tok = run_stage("train_tokenizer", 1, train_tokenizer, [docs], TokenizerConfig(vocab_size=8192, sample_chars=5_000_000), work)
+    tok = run_stage("train_tokenizer", 1, train_tokenizer, {"documents": docs}, TokenizerConfig(vocab_size=8192, sample_chars=5_000_000), work)
     sp = spm.SentencePieceProcessor(model_file=str(tok / "tokenizer.model"))
     threads = os.cpu_count() or 1
 
@@ -54,7 +54,7 @@ def main() -> None:
         del encoded
         out = work / f"round-{round_}"
         start = time.perf_counter()
-        shards = run_stage("tokenize", 1, tokenize, [docs, str(tok)], TokenizeConfig(), out)
+        shards = run_stage("tokenize", 1, tokenize, {"documents": docs, "tokenizer": str(tok)}, TokenizeConfig(), out)
         ours_s.append(time.perf_counter() - start)
     peer, ours = statistics.median(peer_s), statistics.median(ours_s)
 

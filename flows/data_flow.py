@@ -25,17 +25,17 @@ def data_flow(config: LlmillConfig) -> dict:
     root = config.data_root
     raw = []
     if config.crawl.seeds:
-        raw.append(crawl_task([], config.crawl, root))
+        raw.append(crawl_task({}, config.crawl, root))
     if config.ingest.paths:
-        raw.append(ingest_task([], config.ingest, root))
+        raw.append(ingest_task({}, config.ingest, root))
     if not raw:
         raise ValueError("nothing to read: set crawl.seeds and/or ingest.paths")
-    docs = extract_task(raw, config.extract, root, config.executor)
-    cleaned = clean_task([docs], config.clean, root, config.executor)
-    deduped = dedup_task([cleaned], config.dedup, root, config.executor)
+    docs = extract_task({"raw": raw}, config.extract, root, config.executor)
+    cleaned = clean_task({"documents": docs}, config.clean, root, config.executor)
+    deduped = dedup_task({"documents": cleaned}, config.dedup, root, config.executor)
     result = {"raw": raw, "docs": docs, "clean": cleaned, "dedup": deduped, "documents": deduped}
     if config.paragraph_dedup.enabled:
-        result["paragraphs"] = result["documents"] = paragraph_dedup_task([deduped], config.paragraph_dedup, root)
+        result["paragraphs"] = result["documents"] = paragraph_dedup_task({"documents": deduped}, config.paragraph_dedup, root)
     create_markdown_artifact(summary_markdown(result), key="data-summary", description="data flow summary")
     return result
 

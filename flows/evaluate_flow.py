@@ -25,7 +25,7 @@ def evaluate_flow(config: LlmillConfig, datasets: list[str] | None = None) -> st
 
         done = upstream(config, "evaluate")
         datasets = evaluation_inputs(done["data"], done["pretrain"], done["finetune"])
-    return evaluate_task(sorted(set(datasets)), config.evaluate, config.data_root)
+    return evaluate_task({"datasets": sorted(set(datasets))}, config.evaluate, config.data_root)
 
 
 def evaluation_inputs(data: dict, pre: dict, fine: dict | None) -> list[str]:

@@ -25,9 +25,11 @@ def finetune_flow(config: LlmillConfig, documents: str = "", tokenizer: str = ""
         documents, tokenizer, pretrain_run = done["data"]["documents"], done["pretrain"]["tokenizer"], done["pretrain"]["run"]
     root = config.data_root
     ft = config.finetune
-    labelled = [labelled_task([], LabelledConfig(path=ft.examples.path), root)] if ft.examples.path else []
-    examples = examples_task([documents, tokenizer, pretrain_run, *labelled], ft.examples.stage_config(), root)
-    run = finetune_task([examples, pretrain_run, tokenizer], ft.stage_config(), root)
+    inputs = {"documents": documents, "tokenizer": tokenizer, "pretrain": pretrain_run}
+    if ft.examples.path:
+        inputs["labelled"] = labelled_task({}, LabelledConfig(path=ft.examples.path), root)
+    examples = examples_task(inputs, ft.examples.stage_config(), root)
+    run = finetune_task({"examples": examples, "pretrain": pretrain_run, "tokenizer": tokenizer}, ft.stage_config(), root)
     return {"examples": examples, "run": run}
 
 

@@ -23,9 +23,9 @@ def pretrain_flow(config: LlmillConfig, documents: str = "") -> dict:
 
         documents = upstream(config, "pretrain")["data"]["documents"]
     root = config.data_root
-    tokenizer = train_tokenizer_task([documents], config.tokenizer, root)
-    shards = tokenize_task([documents, tokenizer], config.tokenize, root)
-    run = pretrain_task([shards, tokenizer], config.pretrain, root)
+    tokenizer = train_tokenizer_task({"documents": documents}, config.tokenizer, root)
+    shards = tokenize_task({"documents": documents, "tokenizer": tokenizer}, config.tokenize, root)
+    run = pretrain_task({"shards": shards, "tokenizer": tokenizer}, config.pretrain, root)
     return {"tokenizer": tokenizer, "shards": shards, "run": run}
 
 

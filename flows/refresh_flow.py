@@ -82,21 +82,21 @@ def data_refresh_flow(config: LlmillConfig, at: str = "") -> dict:
     root = config.data_root
     base = data_flow(config)
     crawled = next(r for r in base["raw"] if load_manifest(r).stage == "crawl")
-    tokenizer = train_tokenizer_task([base["documents"]], config.tokenizer, root)
-    first = tokenize_task([base["documents"], tokenizer], config.tokenize, root)
+    tokenizer = train_tokenizer_task({"documents": base["documents"]}, config.tokenizer, root)
+    first = tokenize_task({"documents": base["documents"], "tokenizer": tokenizer}, config.tokenize, root)
     versions = Versions(root, first)
     earlier = versions.before(at)
     latest = earlier[-1] if earlier else {"version": 1, "raw": crawled, "tokens": first, "run": first_run(config, root, first, tokenizer),
                                           "trained_tokens": first}
 
-    raw = recrawl_task([latest["raw"]], RecrawlConfig(crawl=config.crawl, at=at), root)
-    docs = extract_task([raw], config.extract, root, config.executor)
-    cleaned = clean_task([docs], config.clean, root, config.executor)
-    deduped = dedup_task([cleaned], config.dedup, root, config.executor)
+    raw = recrawl_task({"previous": latest["raw"]}, RecrawlConfig(crawl=config.crawl, at=at), root)
+    docs = extract_task({"raw": [raw]}, config.extract, root, config.executor)
+    cleaned = clean_task({"documents": docs}, config.clean, root, config.executor)
+    deduped = dedup_task({"documents": cleaned}, config.dedup, root, config.executor)
     documents = deduped  # paragraphs are deduplicated against every earlier batch through the index
     if config.paragraph_dedup.enabled:
-        documents = paragraph_dedup_task([deduped], config.paragraph_dedup, root)
-    tokens = append_tokens_task([latest["tokens"], documents, tokenizer, raw], config.tokenize, root)
+        documents = paragraph_dedup_task({"documents": deduped}, config.paragraph_dedup, root)
+    tokens = append_tokens_task({"previous": latest["tokens"], "documents": documents, "tokenizer": tokenizer, "raw": raw}, config.tokenize, root)
     entry = {"version": load_manifest(tokens).stats["version"], "at": at, "raw": raw, "docs": docs, "clean": cleaned,
              "dedup": deduped, "paragraphs": documents if documents != deduped else None, "tokens": tokens, "run": latest.get("run"), "trained_tokens": latest.get("trained_tokens")}
     entry.update(continue_pretraining(config, root, tokenizer, entry, earlier))
@@ -109,7 +109,7 @@ def data_refresh_flow(config: LlmillConfig, at: str = "") -> dict:
 
 def first_run(config: LlmillConfig, root: str, first_tokens: str, tokenizer: str) -> str | None:
     """The pretrain flow's run on the first version, when it has run."""
-    run = stage_dir(root, "pretrain", PRETRAIN_VERSION, config.pretrain, [first_tokens, tokenizer])
+    run = stage_dir(root, "pretrain", PRETRAIN_VERSION, config.pretrain, {"shards": first_tokens, "tokenizer": tokenizer})
     return str(run) if is_dataset(run) else None
 
 
@@ -133,7 +133,7 @@ def continue_pretraining(config: LlmillConfig, root: str, tokenizer: str, entry:
         print("continued pretraining skipped: no pretrained run to continue from (run the pretrain flow first)")
         return {}
     train = config.pretrain.train.model_copy(update={"steps": cfg.continue_steps or config.pretrain.train.steps})
-    run = pretrain_task([entry["tokens"], tokenizer, entry["run"]], config.pretrain.model_copy(update={"train": train}), root)
+    run = pretrain_task({"shards": entry["tokens"], "tokenizer": tokenizer, "continue_from": entry["run"]}, config.pretrain.model_copy(update={"train": train}), root)
     return {"run": run, "trained_tokens": entry["tokens"]}
 
 

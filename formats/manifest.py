@@ -29,7 +29,7 @@ class Manifest(BaseModel):
     stage_version: int
     code_version: str
     config: dict[str, Any]
-    inputs: list[str]  # digests of the input manifests
+    inputs: list[str]  # digests of the input manifests, by input name (a list input in its order)
     files: list[FileEntry]
     stats: dict[str, Any]
     created_at: float

@@ -10,6 +10,7 @@ live tokens of a version equal what tokenizing its whole corpus afresh would giv
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 from formats.documents import doc_files
 from formats.manifest import Manifest, load_manifest
@@ -62,8 +63,15 @@ def retire(shards: dict[str, list[tuple[Path, frozenset[str]]]], root: Path, cha
     return rows
 
 
-def append_tokens(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: Progress = no_progress) -> dict:
-    previous, docs, tok, raw = inputs
+class AppendTokensInputs(TypedDict):
+    previous: str  # the token dataset version before this one
+    documents: str  # this refresh's new and changed documents
+    tokenizer: str
+    raw: str  # the recrawl: which documents changed or went
+
+
+def append_tokens(inputs: AppendTokensInputs, cfg: TokenizeConfig, out: Path, progress: Progress = no_progress) -> dict:
+    previous, docs, tok, raw = inputs["previous"], inputs["documents"], inputs["tokenizer"], inputs["raw"]
     before = check_lineage(previous, tok, cfg)
     if load_manifest(raw).stage != "recrawl":
         raise ValueError(f"append_tokens: {raw} is not a recrawl dataset")

@@ -33,7 +33,7 @@ from tasks.quality import (
     gopher_repetition,
     words_of,
 )
-from tasks.stage import Progress, no_progress
+from tasks.stage import DocumentsInput, Progress, as_list, no_progress
 
 VERSION = 2  # 2: dropped/ is redacted too
 
@@ -137,8 +137,8 @@ def clean_shard(args) -> dict:
     return {"in": len(rows), "kept": len(kept), "rules": dict(rules), "pii": dict(pii)}
 
 
-def clean(inputs: list[str], cfg: CleanConfig, out: Path, progress: Progress = no_progress) -> dict:
-    files = [f for ds in inputs for f in doc_files(ds)]
+def clean(inputs: DocumentsInput, cfg: CleanConfig, out: Path, progress: Progress = no_progress) -> dict:
+    files = [f for ds in as_list(inputs["documents"]) for f in doc_files(ds)]
     (out / "docs").mkdir(exist_ok=True)
     (out / "dropped").mkdir(exist_ok=True)
     jobs = [

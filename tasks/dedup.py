@@ -33,7 +33,7 @@ from tasks import remote_index
 from tasks.executor import map_shards
 from tasks.orchestration import stage_task
 from tasks.remote_index import persistent_index
-from tasks.stage import Progress, no_progress
+from tasks.stage import DocumentsInput, Progress, as_list, no_progress
 from tasks.text_hash import exact_hash
 
 VERSION = 1
@@ -379,8 +379,8 @@ def index_place(cfg: DedupConfig, out: Path) -> tuple[Path, str]:
     return persistent_index(f"minhash-{cfg.index_key()}", cfg.index_dir, out)
 
 
-def dedup(inputs: list[str], cfg: DedupConfig, out: Path, progress: Progress = no_progress) -> dict:
-    files = [f for ds in inputs for f in doc_files(ds)]
+def dedup(inputs: DocumentsInput, cfg: DedupConfig, out: Path, progress: Progress = no_progress) -> dict:
+    files = [f for ds in as_list(inputs["documents"]) for f in doc_files(ds)]
     index, shared_index = index_place(cfg, out)
     segment = out.name.removesuffix(".partial")
     if shared_index:

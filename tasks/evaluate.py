@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -306,10 +306,15 @@ def by_stage(inputs: list[str]) -> dict[str, str]:
     return {load_manifest(p).stage: p for p in inputs}
 
 
-def evaluate(inputs: list[str], cfg: EvaluateConfig, out: Path, progress: Progress = no_progress) -> dict:
+class EvaluateInputs(TypedDict):
+    datasets: list[str]  # each known by its manifest's stage: pretrain, tokenize, train_tokenizer, and optionally
+    # finetune, examples and the data stages (for the data card)
+
+
+def evaluate(inputs: EvaluateInputs, cfg: EvaluateConfig, out: Path, progress: Progress = no_progress) -> dict:
     from tasks.reports import write_reports
 
-    d = by_stage(inputs)
+    d = by_stage(inputs["datasets"])
     for needed in ("pretrain", "tokenize", "train_tokenizer"):
         if needed not in d:
             raise ValueError(f"evaluate needs a {needed} dataset among its inputs; got {sorted(d)}")

@@ -20,7 +20,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NotRequired, TypedDict
 from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
@@ -109,8 +109,16 @@ def truncate_sft(prompt: list[int], response: list[int], budget: int) -> tuple[l
     return prompt[len(prompt) - keep_prompt :] if keep_prompt > 0 else [], response[:keep_response], True
 
 
-def examples(inputs: list[str], cfg: ExamplesConfig, out: Path, progress: Progress = no_progress) -> dict:
-    docs, tok, run, *labelled = inputs  # labelled: the labelled stage's copy of a person's file, if any
+class ExamplesInputs(TypedDict):
+    documents: str  # for labels derived from URLs
+    tokenizer: str
+    pretrain: str  # the run whose context bounds an example
+    labelled: NotRequired[str]  # a person's labelled file, taken in by the labelled stage
+
+
+def examples(inputs: ExamplesInputs, cfg: ExamplesConfig, out: Path, progress: Progress = no_progress) -> dict:
+    docs, tok, run = inputs["documents"], inputs["tokenizer"], inputs["pretrain"]
+    labelled = [inputs["labelled"]] if inputs.get("labelled") else []
     context = load_manifest(run).stats["model"]["max_seq_len"]
     if cfg.max_tokens > context:
         raise ExamplesError(f"examples.max_tokens {cfg.max_tokens} exceeds the pretrained model's context {context}")

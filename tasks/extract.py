@@ -18,7 +18,7 @@ import threading
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -367,9 +367,14 @@ def quarantine_crashed_shard(args, reason: str) -> dict:
     return {"documents": 0, "quarantined": len(rows), "html_responses": 0, "reasons": _reasons(rows)}
 
 
-def extract(inputs: list[str], cfg: ExtractConfig, out: Path, progress: Progress = no_progress) -> dict:
-    files = warc_files(inputs)
-    if not files and not all(load_manifest(ds).stage == "recrawl" for ds in inputs):
+class ExtractInputs(TypedDict):
+    raw: list[str]  # crawl, ingest or recrawl datasets
+
+
+def extract(inputs: ExtractInputs, cfg: ExtractConfig, out: Path, progress: Progress = no_progress) -> dict:
+    raw = inputs["raw"]
+    files = warc_files(raw)
+    if not files and not all(load_manifest(ds).stage == "recrawl" for ds in raw):
         raise ValueError("extract: the raw datasets hold no WARC file")  # a refresh that found no change has none
     (out / "docs").mkdir(exist_ok=True)
     (out / "quarantine").mkdir(exist_ok=True)

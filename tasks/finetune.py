@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,11 +51,17 @@ def class_weights(counts: dict[str, int], labels: list[str]) -> list[float]:
     return [total / (len(labels) * max(counts.get(name, 0), 1)) for name in labels]
 
 
-def finetune(inputs: list[str], cfg: FinetuneConfig, out: Path, progress: Progress = no_progress) -> dict:
+class FinetuneInputs(TypedDict):
+    examples: str
+    pretrain: str
+    tokenizer: str
+
+
+def finetune(inputs: FinetuneInputs, cfg: FinetuneConfig, out: Path, progress: Progress = no_progress) -> dict:
     from model.launch import run_training
     from model.train import RunSpec
 
-    examples, run, tok = inputs
+    examples, run, tok = inputs["examples"], inputs["pretrain"], inputs["tokenizer"]
     ex = load_manifest(examples).stats
     model_cfg = ModelConfig.model_validate_json((Path(run) / "final" / "model_config.json").read_text())
     seq_len = ex["max_tokens"]  # the examples stage bounded them by this model's context

@@ -121,7 +121,7 @@ def SOURCE_STATE(cfg: IngestConfig) -> str:  # noqa: N802 - the hook tasks/stage
     return digest_of(describe_sources(cfg))
 
 
-def ingest(inputs: list[str], cfg: IngestConfig, out: Path, progress: Progress = no_progress) -> dict:
+def ingest(inputs: dict, cfg: IngestConfig, out: Path, progress: Progress = no_progress) -> dict:
     if inputs:
         raise ValueError("ingest takes no input datasets")
     sources = describe_sources(cfg)

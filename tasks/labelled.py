@@ -32,7 +32,7 @@ def SOURCE_STATE(cfg: LabelledConfig) -> str:  # noqa: N802 - the hook tasks/sta
     return file_sha256(p) if p.is_file() else hashlib.sha256(b"missing").hexdigest()
 
 
-def labelled(inputs: list[str], cfg: LabelledConfig, out: Path, progress: Progress = no_progress) -> dict:
+def labelled(inputs: dict, cfg: LabelledConfig, out: Path, progress: Progress = no_progress) -> dict:
     if inputs:
         raise ValueError("labelled takes no input datasets")
     src = Path(cfg.path)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from formats.manifest import is_dataset, load_manifest
 from tasks.executor import ExecutorConfig, executor_scope
-from tasks.stage import StageFn, run_stage, source_layout, stage_dir
+from tasks.stage import Inputs, StageFn, run_stage, source_layout, stage_dir
 
 
 def artifact_key(stage: str) -> str:
@@ -99,7 +99,7 @@ def flat_stats(stats: dict, prefix: str = "") -> list[dict]:
     return rows
 
 
-def prefect_stage(stage: str, version: int, fn: StageFn, inputs: list[str], cfg: BaseModel, root: str,
+def prefect_stage(stage: str, version: int, fn: StageFn, inputs: Inputs, cfg: BaseModel, root: str,
                   executor: ExecutorConfig | None = None, **kw) -> str:
     """run_stage under Prefect, its shards on `executor`: progress bar and artifact, a log line
     and a statistics table."""
@@ -167,7 +167,7 @@ class StageTask:
         self.name = task.name
         self.fn = task.fn
 
-    def __call__(self, inputs: list[str], cfg: BaseModel, root: str, executor: ExecutorConfig | None = None) -> str:
+    def __call__(self, inputs: Inputs, cfg: BaseModel, root: str, executor: ExecutorConfig | None = None) -> str:
         module = self.fn.__module__
         layout = source_layout(module, cfg, executor_layout(module, executor) if self.sharded else None)
         out = stage_dir(root, self.name, _stage_version(self.task), cfg, inputs, layout)
@@ -187,7 +187,7 @@ def stage_task(fn: StageFn, *, sharded: bool = False, resumable: bool = False, t
     its local copy."""
     name = fn.__name__
 
-    def run(inputs: list[str], cfg: BaseModel, root: str, executor: ExecutorConfig | None = None) -> str:
+    def run(inputs: Inputs, cfg: BaseModel, root: str, executor: ExecutorConfig | None = None) -> str:
         version = getattr(sys.modules[fn.__module__], "VERSION", 1)
         with accelerator_slot() if training else nullcontext():
             out = prefect_stage(name, version, fn, inputs, cfg, root, executor=executor, sharded=sharded, resumable=resumable)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -93,8 +94,12 @@ def earlier_paragraphs(index: Path, this_segment: str, batch_ids: set[str]) -> t
     return contains, keepers
 
 
-def paragraph_dedup(inputs: list[str], cfg: ParagraphDedupConfig, out: Path, progress: Progress = no_progress) -> dict:
-    (docs,) = inputs
+class ParagraphDedupInputs(TypedDict):
+    documents: str
+
+
+def paragraph_dedup(inputs: ParagraphDedupInputs, cfg: ParagraphDedupConfig, out: Path, progress: Progress = no_progress) -> dict:
+    docs = inputs["documents"]
     files = doc_files(docs)
     index, shared_index = persistent_index(f"paragraphs-{cfg.index_key()}", cfg.index_dir, out)
     segment = out.name.removesuffix(".partial")

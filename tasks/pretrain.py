@@ -9,6 +9,7 @@ loss.png, summary.json.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,12 +30,19 @@ class PretrainConfig(BaseModel):
     export_hf: bool = Field(True, description="write the final model in the Hugging Face format")
 
 
-def pretrain(inputs: list[str], cfg: PretrainConfig, out: Path, progress: Progress = no_progress) -> dict:
+class PretrainInputs(TypedDict):
+    shards: str
+    tokenizer: str
+    continue_from: NotRequired[str]  # a pretrain run of the same model (continued pretraining after a refresh)
+
+
+def pretrain(inputs: PretrainInputs, cfg: PretrainConfig, out: Path, progress: Progress = no_progress) -> dict:
     from model.export import export_hf
     from model.launch import run_training
     from model.train import RunSpec
 
-    shards, tok, *earlier = inputs  # earlier: a pretrain run to continue from (a data refresh)
+    shards, tok = inputs["shards"], inputs["tokenizer"]
+    earlier = [inputs["continue_from"]] if inputs.get("continue_from") else []
     tok_stats = load_manifest(tok).stats
     shard_stats = load_manifest(shards).stats
     if shard_stats["vocab_size"] != tok_stats["vocab_size"]:

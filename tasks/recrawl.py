@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,8 +52,12 @@ def classify(previous: dict[str, dict], now: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def recrawl(inputs: list[str], cfg: RecrawlConfig, out: Path, progress: Progress = no_progress) -> dict:
-    (raw,) = inputs
+class RecrawlInputs(TypedDict):
+    previous: str  # the crawl or recrawl to fetch again
+
+
+def recrawl(inputs: RecrawlInputs, cfg: RecrawlConfig, out: Path, progress: Progress = no_progress) -> dict:
+    raw = inputs["previous"]
     state = previous_state(raw)
     stats, settled = run_crawler(cfg.crawl, out, progress, previous=state)
     changes = classify(state["urls"], settled)

@@ -16,7 +16,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypedDict
 
 from pydantic import BaseModel
 
@@ -54,14 +54,14 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-def stage_dir(root: str | Path, stage: str, version: int, cfg: BaseModel, inputs: list[str], layout: dict | None = None) -> Path | str:
+def stage_dir(root: str | Path, stage: str, version: int, cfg: BaseModel, inputs: Inputs, layout: dict | None = None) -> Path | str:
     """Where a stage's output lives: a function of (stage, config, input digests) only, plus the
     executor settings its part files depend on (`layout`: extract's shard size), if any."""
     place = {
         "stage": stage,
         "version": version,
         "config": cfg.model_dump(mode="json"),
-        "inputs": [load_manifest(p).digest for p in inputs],
+        "inputs": map_inputs(inputs, lambda p: load_manifest(p).digest),
     }
     if layout:
         place["layout"] = layout
@@ -91,7 +91,34 @@ def no_progress(done: int, total: int) -> None:
     return None
 
 
-StageFn = Callable[[list[str], Any, Path, Progress], dict]
+# A stage's inputs by name: each names one dataset, or a list of them (extract's raw datasets,
+# evaluate's). The names are part of the dataset's place, so `{"documents": d}` and
+# `{"tokenizer": d}` are different inputs even for the same dataset.
+Inputs = Mapping[str, "str | Path | Sequence[str | Path]"]
+StageFn = Callable[[Inputs, Any, Path, Progress], dict]
+
+
+def input_places(inputs: Inputs) -> list[str]:
+    """Every input dataset, by name, a list's in its order."""
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"a stage's inputs are a mapping of names to datasets, not {type(inputs).__name__}")
+    return [str(p) for name in sorted(inputs) for p in as_list(inputs[name])]
+
+
+def map_inputs(inputs: Inputs, fn: Callable[[str], str]) -> dict:
+    """The same names, each dataset replaced by fn(dataset)."""
+    return {name: [fn(str(p)) for p in v] if isinstance(v, (list, tuple)) else fn(str(v)) for name, v in inputs.items()}
+
+
+def as_list(value) -> list:
+    """An input's datasets: a name holds one dataset or a list of them."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class DocumentsInput(TypedDict):
+    """The inputs of a stage that reads documents: one documents dataset or several."""
+
+    documents: str | list[str]
 
 
 LOCK_WAIT_S = float(os.environ.get("LLMILL_STAGE_LOCK_WAIT_S", 3600))
@@ -170,7 +197,7 @@ def run_stage(
     stage: str,
     version: int,
     fn: StageFn,
-    inputs: list[str],
+    inputs: Inputs,
     cfg: BaseModel,
     root: str | Path,
     progress: Progress = no_progress,
@@ -188,7 +215,7 @@ def run_stage(
     """
     from tasks.verify import input_sizes_match
 
-    for p in inputs:
+    for p in input_places(inputs):
         input_sizes_match(p)  # fail early and clearly on a missing, truncated or replaced input
     out = stage_dir(root, stage, version, cfg, inputs, source_layout(fn.__module__, cfg, layout))
     if is_dataset(out):
@@ -199,9 +226,9 @@ def run_stage(
         # an object store: work in a node-local partial directory on local copies of the inputs,
         # then upload under an attempt prefix and create the manifest (formats/store.py)
         partial = store.cache_dir() / "partial" / f"{store.place_key(str(out))}.partial"
-        local_inputs = [str(store.local_copy(p)) for p in inputs]
+        local_inputs = map_inputs(inputs, lambda p: str(store.local_copy(p)))
     else:
-        partial, local_inputs = out.with_name(out.name + ".partial"), inputs
+        partial, local_inputs = out.with_name(out.name + ".partial"), map_inputs(inputs, str)
     with StageLock(partial.with_name(partial.name.removesuffix(".partial") + ".lock")):
         if is_dataset(out):  # finished by a concurrent run while we waited
             return out
@@ -222,7 +249,7 @@ def run_stage(
         from tasks.remote_shards import RemoteWork, remote_work
 
         work = RemoteWork(partial=str(partial), url=str(out), prefix=store.attempt_prefix(run_id),
-                          inputs={str(local): str(url) for local, url in zip(local_inputs, inputs) if store.is_url(url)})
+                          inputs={local: url for local, url in zip(input_places(local_inputs), input_places(inputs)) if store.is_url(url)})
         started = time.time()
         if store.is_url(out):
             with remote_work(work):
@@ -254,7 +281,7 @@ def run_stage(
             stage_version=version,
             code_version=code_version(),
             config=cfg.model_dump(mode="json"),
-            inputs=[load_manifest(p).digest for p in inputs],
+            inputs=[load_manifest(p).digest for p in input_places(inputs)],
             files=files,
             stats=stats,
             created_at=time.time(),

@@ -10,6 +10,7 @@ not copying. The manifest reports the val split's n-gram overlap with train befo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -63,8 +64,13 @@ def decontaminate(files: list[Path], cfg: TokenizeConfig) -> tuple[dict[str, str
                    f"val_documents_{'moved_to_train' if d.action == 'move' else 'dropped'}": len(moved)}
 
 
-def tokenize(inputs: list[str], cfg: TokenizeConfig, out: Path, progress: Progress = no_progress) -> dict:
-    docs, tok = inputs
+class TokenizeInputs(TypedDict):
+    documents: str
+    tokenizer: str
+
+
+def tokenize(inputs: TokenizeInputs, cfg: TokenizeConfig, out: Path, progress: Progress = no_progress) -> dict:
+    docs, tok = inputs["documents"], inputs["tokenizer"]
     sp = load_tokenizer(tok)
     files = doc_files(docs)
     moved, contamination = decontaminate(files, cfg) if cfg.decontaminate.enabled and cfg.val_fraction > 0 else ({}, None)

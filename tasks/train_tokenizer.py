@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from formats.documents import doc_files
 from formats.tokenizer import BOS, EOS, MODEL_FILE, PAD, UNK
 from tasks.orchestration import stage_task
-from tasks.stage import Progress, no_progress
+from tasks.stage import DocumentsInput, Progress, as_list, no_progress
 
 VERSION = 1
 
@@ -60,10 +60,10 @@ def write_sample(files: list[Path], cfg: TokenizerConfig, dest: Path) -> tuple[i
     return docs, chars
 
 
-def train_tokenizer(inputs: list[str], cfg: TokenizerConfig, out: Path, progress: Progress = no_progress) -> dict:
+def train_tokenizer(inputs: DocumentsInput, cfg: TokenizerConfig, out: Path, progress: Progress = no_progress) -> dict:
     import sentencepiece as spm
 
-    files = [f for ds in inputs for f in doc_files(ds)]
+    files = [f for ds in as_list(inputs["documents"]) for f in doc_files(ds)]
     sample = out / ".sample.txt"
     docs, chars = write_sample(files, cfg, sample)
     if chars == 0:

@@ -129,14 +129,13 @@ PRETRAIN_STEPS = dict(steps=300, micro_batch_size=16, seq_len=64, lr=3e-3, warmu
 @pytest.fixture(scope="session")
 def pretrained_lm(shared_root, library_corpus) -> str:
     """A pretrain dataset (run directory) of test-tiny on the library corpus."""
-    from model.config import TrainConfig
-    from model.config import ModelShape
+    from model.config import ModelShape, TrainConfig
     from tasks.pretrain import VERSION, PretrainConfig, pretrain
     from tasks.stage import run_stage
 
     _, tok, shards = library_corpus
     cfg = PretrainConfig(model=ModelShape(preset="test-tiny"), train=TrainConfig(**PRETRAIN_STEPS))
-    return str(run_stage("pretrain", VERSION, pretrain, [shards, tok], cfg, shared_root, resumable=True))
+    return str(run_stage("pretrain", VERSION, pretrain, {"shards": shards, "tokenizer": tok}, cfg, shared_root, resumable=True))
 
 
 @pytest.fixture(scope="session")

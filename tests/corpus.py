@@ -38,7 +38,7 @@ def corpus_dataset(root: Path, name: str, texts: list[str]) -> str:
         pq.write_table(pa.Table.from_pylist(rows, schema), out / "docs" / "part-00000.parquet")
         return {"documents_out": len(rows)}
 
-    return str(run_stage("corpus", 1, write, [], CorpusName(name=name), root))
+    return str(run_stage("corpus", 1, write, {}, CorpusName(name=name), root))
 
 
 def tokenized(root: Path, n_docs: int, vocab_size: int = 512, val_fraction: float = 0.1) -> tuple[str, str, str]:
@@ -48,8 +48,8 @@ def tokenized(root: Path, n_docs: int, vocab_size: int = 512, val_fraction: floa
     from tasks.train_tokenizer import TokenizerConfig, train_tokenizer
 
     docs = corpus_dataset(root, "lib", library_texts(n_docs))
-    tok = run_stage("train_tokenizer", 1, train_tokenizer, [docs], TokenizerConfig(vocab_size=vocab_size), root)
-    shards = run_stage("tokenize", 1, tokenize, [docs, str(tok)], TokenizeConfig(val_fraction=val_fraction), root)
+    tok = run_stage("train_tokenizer", 1, train_tokenizer, {"documents": docs}, TokenizerConfig(vocab_size=vocab_size), root)
+    shards = run_stage("tokenize", 1, tokenize, {"documents": docs, "tokenizer": str(tok)}, TokenizeConfig(val_fraction=val_fraction), root)
     return docs, str(tok), str(shards)
 
 

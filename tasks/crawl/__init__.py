@@ -28,7 +28,7 @@ __all__ = ["VERSION", "CrawlConfig", "crawl", "crawl_task"]
 VERSION = 2  # 2: builtin:pydoc under a fixed name
 
 
-def crawl(inputs: list[str], cfg: CrawlConfig, out: Path, progress: Progress = no_progress) -> dict:
+def crawl(inputs: dict, cfg: CrawlConfig, out: Path, progress: Progress = no_progress) -> dict:
     """Crawl from the config's seeds into `out` (warc/, state.json); resumes a partial `out`."""
     if inputs:
         raise ValueError("crawl takes no input datasets")

@@ -38,7 +38,7 @@ cap_address_space()
 cfg = CrawlConfig(seeds=[sys.argv[1]], allow_private_addresses=True, requests_per_second_per_host=1000, max_bytes=100_000,
                   timeout_s=60, max_retries=0)
 from pathlib import Path
-stats = crawl([], cfg, Path(sys.argv[2]))
+stats = crawl({}, cfg, Path(sys.argv[2]))
 print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "pages": stats["pages"]}))
 """
 
@@ -107,7 +107,7 @@ def test_a_server_that_drips_its_body_is_cut_off_by_the_request_deadline(tmp_pat
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         started = time.monotonic()
-        stats = crawl([], CrawlConfig(seeds=[url], allow_private_addresses=True, timeout_s=1, deadline_s=1.5, max_retries=0), tmp_path)
+        stats = crawl({}, CrawlConfig(seeds=[url], allow_private_addresses=True, timeout_s=1, deadline_s=1.5, max_retries=0), tmp_path)
         took = time.monotonic() - started
     finally:
         server.shutdown()

@@ -32,7 +32,7 @@ from pathlib import Path
 from tasks.crawl import CrawlConfig, crawl
 limit = int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # a file past the limit fails to grow: EFBIG, as a full disk does
-crawl([], CrawlConfig(seeds=[sys.argv[1]], allow_private_addresses=True, requests_per_second_per_host=1000, max_pages=60,
+crawl({}, CrawlConfig(seeds=[sys.argv[1]], allow_private_addresses=True, requests_per_second_per_host=1000, max_pages=60,
                       concurrency=4, per_host_concurrency=4), Path(sys.argv[2]))
 """
 
@@ -60,11 +60,11 @@ def test_a_torn_journal_line_loses_nothing_across_two_resumes(tmp_path):
 
     journal = tmp_path / "state" / "journal.jsonl"
     with Site(site_routes(12)) as site:
-        crawl([], config(4), tmp_path)
+        crawl({}, config(4), tmp_path)
         with open(journal, "a") as f:
             f.write('{"e":"done","url":"http://torn')  # a kill mid-line
-        crawl([], config(8), tmp_path)  # before: appended to the torn line, gluing its first event to it
-        crawl([], config(12), tmp_path)  # before: read up to the glued line only, losing the second run's events
+        crawl({}, config(8), tmp_path)  # before: appended to the torn line, gluing its first event to it
+        crawl({}, config(12), tmp_path)  # before: read up to the glued line only, losing the second run's events
         assert max(site.hits.values()) == 1  # no page fetched twice
     events = read_records(journal)  # every line parses: nothing to read past
     assert sum(1 for e in events if e["e"] == "done" and e["outcome"] == "page") == 12

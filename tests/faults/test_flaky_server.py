@@ -13,10 +13,11 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from warcio.archiveiterator import ArchiveIterator
+
 from tasks.crawl import CrawlConfig, crawl
 from tests.helpers import html
 from tests.integration.test_crawl import outcomes
-from warcio.archiveiterator import ArchiveIterator
 
 PAGES = 40
 
@@ -87,7 +88,7 @@ def test_every_page_is_stored_exactly_once_from_a_server_that_fails_30_percent(t
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        stats = crawl([], CrawlConfig(seeds=[url + "/"], allow_private_addresses=True, requests_per_second_per_host=1000,
+        stats = crawl({}, CrawlConfig(seeds=[url + "/"], allow_private_addresses=True, requests_per_second_per_host=1000,
                                       per_host_concurrency=4, concurrency=4, timeout_s=1, deadline_s=3, max_retries=4,
                                       backoff_base_s=0.01, backoff_max_s=0.05), tmp_path)
     finally:

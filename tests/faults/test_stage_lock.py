@@ -47,10 +47,10 @@ def in_thread(fn, *args) -> tuple[threading.Thread, dict]:
 
 def test_a_second_run_waits_for_the_first_and_finds_its_dataset(tmp_path, capsys):
     first_calls, second_calls = [], []
-    t, first = in_thread(run_stage, "make", 1, slow_writer(first_calls, 1.5), [], Cfg(), tmp_path)
+    t, first = in_thread(run_stage, "make", 1, slow_writer(first_calls, 1.5), {}, Cfg(), tmp_path)
     while not first_calls:
         time.sleep(0.01)
-    second = run_stage("make", 1, slow_writer(second_calls, 0), [], Cfg(), tmp_path)  # before: failed at once
+    second = run_stage("make", 1, slow_writer(second_calls, 0), {}, Cfg(), tmp_path)  # before: failed at once
     t.join(10)
     assert "error" not in first and second == first["value"] and is_dataset(second)
     assert second_calls == []  # found, not computed again
@@ -62,16 +62,16 @@ def test_after_a_failed_run_two_later_runs_never_write_at_once(tmp_path):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        run_stage("make", 1, broken, [], Cfg(), tmp_path)
-    lock = stage_dir(tmp_path, "make", 1, Cfg(), []).with_suffix(".lock")
+        run_stage("make", 1, broken, {}, Cfg(), tmp_path)
+    lock = stage_dir(tmp_path, "make", 1, Cfg(), {}).with_suffix(".lock")
     assert lock.exists()  # before: unlinked on the way out, so the next two runs could lock two different files
     calls: list = []
     holder = StageLock(lock)
     holder.__enter__()
-    waiting, waiting_result = in_thread(run_stage, "make", 1, slow_writer(calls, 0.5), [], Cfg(n=1), tmp_path)
+    waiting, waiting_result = in_thread(run_stage, "make", 1, slow_writer(calls, 0.5), {}, Cfg(n=1), tmp_path)
     time.sleep(0.3)  # the second run now waits on the lock file's descriptor
     holder.__exit__(None, None, None)
-    late, late_result = in_thread(run_stage, "make", 1, slow_writer(calls, 0.5), [], Cfg(n=1), tmp_path)
+    late, late_result = in_thread(run_stage, "make", 1, slow_writer(calls, 0.5), {}, Cfg(n=1), tmp_path)
     waiting.join(10)
     late.join(10)
     assert "error" not in waiting_result and "error" not in late_result
@@ -83,11 +83,11 @@ def test_after_a_failed_run_two_later_runs_never_write_at_once(tmp_path):
 
 def test_the_wait_is_bounded_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "LOCK_WAIT_S", 0.5)
-    lock = stage_dir(tmp_path, "make", 1, Cfg(), []).with_suffix(".lock")
+    lock = stage_dir(tmp_path, "make", 1, Cfg(), {}).with_suffix(".lock")
     with StageLock(lock):
         started = time.monotonic()
         with pytest.raises(RuntimeError, match="waited .* for another run writing"):
-            run_stage("make", 1, slow_writer([], 0), [], Cfg(), tmp_path)
+            run_stage("make", 1, slow_writer([], 0), {}, Cfg(), tmp_path)
         assert 0.5 <= time.monotonic() - started < 5
 
 

@@ -30,7 +30,7 @@ def make(inputs, cfg, out, progress):
 
 
 def use(inputs, cfg, out, progress):
-    (out / "copy.txt").write_text(str(load_manifest(inputs[0]).stats))
+    (out / "copy.txt").write_text(str(load_manifest(inputs["source"]).stats))
     return {}
 
 
@@ -40,8 +40,8 @@ def verify(root: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_verify_names_each_file_that_differs_from_its_manifest(tmp_path):
-    first = run_stage("make", 1, make, [], Cfg(), tmp_path)
-    run_stage("use", 1, use, [str(first)], Cfg(), tmp_path)
+    first = run_stage("make", 1, make, {}, Cfg(), tmp_path)
+    run_stage("use", 1, use, {"source": str(first)}, Cfg(), tmp_path)
     ok = verify(str(tmp_path))
     assert ok.returncode == 0 and "2 datasets checked, 0 with files that differ" in ok.stdout, ok.stdout + ok.stderr
 
@@ -57,17 +57,17 @@ def test_verify_names_each_file_that_differs_from_its_manifest(tmp_path):
 
 
 def test_a_stage_refuses_an_input_whose_files_changed_size(tmp_path):
-    first = run_stage("make", 1, make, [], Cfg(), tmp_path)
+    first = run_stage("make", 1, make, {}, Cfg(), tmp_path)
     part = first / "part-0.parquet"
     part.write_bytes(part.read_bytes()[:-100])  # truncated behind the manifest's back
     with pytest.raises(ValueError, match=r"part-0.parquet has \d+ bytes, its manifest says \d+"):
-        run_stage("use", 1, use, [str(first)], Cfg(), tmp_path)  # before: read whatever was there
+        run_stage("use", 1, use, {"source": str(first)}, Cfg(), tmp_path)  # before: read whatever was there
 
 
 def test_verify_reads_an_object_store_root(tmp_path, s3_server):
     s3_server.make_bucket("verify")
     env = {**s3_server.env, "LLMILL_CACHE_DIR": str(tmp_path / "cache")}
-    writer = "from tests.faults.test_verify import Cfg, make\nfrom tasks.stage import run_stage\nrun_stage('make', 1, make, [], Cfg(), 's3://verify/root')"
+    writer = "from tests.faults.test_verify import Cfg, make\nfrom tasks.stage import run_stage\nrun_stage('make', 1, make, {}, Cfg(), 's3://verify/root')"
     done = subprocess.run([sys.executable, "-c", writer], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert verify("s3://verify/root", env).returncode == 0

@@ -59,7 +59,7 @@ def test_robots_disallow_and_crawl_delay(tmp_path):
         "/private/secret": html("secret"),
     }
     with Site(routes) as site:
-        stats = crawl([], cfg(site), tmp_path)
+        stats = crawl({}, cfg(site), tmp_path)
     assert site.hits["/private/secret"] == 0
     assert site.hits["/robots.txt"] == 1  # fetched once per host
     assert stats["pages"] == 4
@@ -79,7 +79,7 @@ def test_robots_txt_is_read_and_stored_up_to_500_kib(tmp_path):
     routes = {"/robots.txt": (200, {"Content-Type": "text/plain"}, robots), "/": html("home", ["/private/x", "/late"]),
               "/private/x": html("x"), "/late": html("late")}
     with Site(routes) as site:
-        crawl([], cfg(site), tmp_path)
+        crawl({}, cfg(site), tmp_path)
     assert site.hits["/private/x"] == 0 and site.hits["/late"] == 1
     (stored,) = tmp_path.rglob("robots.json")
     assert len(robots) > 1_000_000 and stored.stat().st_size < 520 * 1024
@@ -87,7 +87,7 @@ def test_robots_txt_is_read_and_stored_up_to_500_kib(tmp_path):
 
 def test_builtin_pydoc_is_crawled_without_allowing_private_addresses(tmp_path):
     # the server the crawl starts itself is let through; any other private address is not
-    stats = crawl([], CrawlConfig(seeds=["builtin:pydoc"], max_pages=5, requests_per_second_per_host=200), tmp_path)
+    stats = crawl({}, CrawlConfig(seeds=["builtin:pydoc"], max_pages=5, requests_per_second_per_host=200), tmp_path)
     assert not CrawlConfig().allow_private_addresses and stats["pages"] >= 3, stats  # none before: all refused
 
 
@@ -101,7 +101,7 @@ def test_retries_on_503_and_honours_retry_after(tmp_path):
         return html("finally here")
 
     with Site({"/": html("home", ["/flaky"]), "/flaky": flaky}) as site:
-        crawl([], cfg(site), tmp_path)
+        crawl({}, cfg(site), tmp_path)
     assert len(calls) == 3
     assert calls[1] - calls[0] >= 0.95 and calls[2] - calls[1] >= 0.95  # Retry-After: 1
     pages = stored(tmp_path)
@@ -115,7 +115,7 @@ def test_redirect_loop_ends(tmp_path):
         "/loop2": (302, {"Location": "/loop1"}, b""),
     }
     with Site(routes) as site:
-        stats = crawl([], cfg(site), tmp_path)
+        stats = crawl({}, cfg(site), tmp_path)
     assert outcomes(tmp_path)[site.url + "/loop1"]["reason"] == "redirect_loop"
     assert site.hits["/loop1"] + site.hits["/loop2"] <= 4
     assert stats["pages"] == 1
@@ -124,7 +124,7 @@ def test_redirect_loop_ends(tmp_path):
 def test_redirect_followed_to_its_target(tmp_path):
     routes = {"/": html("home", ["/old"]), "/old": (301, {"Location": "/new"}, b""), "/new": html("moved here")}
     with Site(routes) as site:
-        crawl([], cfg(site), tmp_path)
+        crawl({}, cfg(site), tmp_path)
     assert b"moved here" in stored(tmp_path)[site.url + "/new"]["body"]
     assert outcomes(tmp_path)[site.url + "/old"]["outcome"] == "redirect"
 
@@ -137,7 +137,7 @@ def test_oversize_bodies_refused_or_cut_off(tmp_path):
         "/streamed-big": (200, {"Content-Type": "text/html", "Content-Length": None}, big),
     }
     with Site(routes) as site:
-        crawl([], cfg(site, max_bytes=1_000_000), tmp_path)
+        crawl({}, cfg(site, max_bytes=1_000_000), tmp_path)
     states = outcomes(tmp_path)
     assert states[site.url + "/declared-big"]["reason"] == "too_large"
     cut = stored(tmp_path)[site.url + "/streamed-big"]
@@ -152,7 +152,7 @@ def test_non_html_skipped_and_other_domains_not_followed(tmp_path):
     }
     with Site(routes) as site:
         site.routes["/"] = html("home", ["/report", "/picture.png", f"http://localhost:{site.port}/ext"])
-        crawl([], cfg(site), tmp_path)
+        crawl({}, cfg(site), tmp_path)
     states = outcomes(tmp_path)
     assert states[site.url + "/report"]["reason"] == "non_html"
     assert site.url + "/report" not in stored(tmp_path)
@@ -162,12 +162,12 @@ def test_non_html_skipped_and_other_domains_not_followed(tmp_path):
 
 def test_private_address_refused_unless_allowed(tmp_path):
     with Site({"/": html("home")}) as site:
-        stats = crawl([], cfg(site, allow_private_addresses=False), tmp_path / "refused")
+        stats = crawl({}, cfg(site, allow_private_addresses=False), tmp_path / "refused")
         assert site.log == []  # not even robots.txt was asked for
         assert stats["pages"] == 0
         reason = outcomes(tmp_path / "refused")[site.url]["reason"]
         assert reason.startswith("private_address")
-        assert crawl([], cfg(site, allow_private_addresses=True), tmp_path / "allowed")["pages"] == 1
+        assert crawl({}, cfg(site, allow_private_addresses=True), tmp_path / "allowed")["pages"] == 1
     for addr in ("169.254.169.254", "10.0.0.1", "127.0.0.1", "::1", "fe80::1", "192.168.1.1"):
         assert not is_public_address(addr), addr
     assert is_public_address("93.184.216.34")
@@ -178,7 +178,7 @@ def test_url_normalization_fetches_a_page_once(tmp_path):
     assert normalize_url("mailto:x@example.com") is None
     routes = {"/": html("home", ["/p?b=2&a=1", "/p?a=1&b=2#top", "/x/../p?a=1&b=2"]), "/p?a=1&b=2": html("p")}
     with Site(routes) as site:
-        crawl([], cfg(site), tmp_path)
+        crawl({}, cfg(site), tmp_path)
     assert site.hits["/p?a=1&b=2"] == 1
 
 
@@ -200,7 +200,7 @@ def test_killed_crawl_resumes_without_refetching(tmp_path):
         out = tmp_path / "killed"
         script = (
             "import sys; from pathlib import Path; from tasks.crawl import crawl, CrawlConfig; "
-            "crawl([], CrawlConfig.model_validate_json(sys.argv[1]), Path(sys.argv[2]))"
+            "crawl({}, CrawlConfig.model_validate_json(sys.argv[1]), Path(sys.argv[2]))"
         )
         proc = subprocess.Popen([sys.executable, "-c", script, config.model_dump_json(), str(out)], cwd=ROOT)
         journal = out / "state" / "journal.jsonl"
@@ -216,14 +216,14 @@ def test_killed_crawl_resumes_without_refetching(tmp_path):
         first_pass = site.hits["/"] + sum(site.hits[f"/p{i}"] for i in range(CHAIN))
         assert 8 <= first_pass < CHAIN
 
-        stats = crawl([], config, out)
+        stats = crawl({}, config, out)
         assert stats["resumed"] is True
         for path in ["/"] + [f"/p{i}" for i in range(CHAIN)]:
             assert site.hits[path] == 1, (path, site.hits[path])
         resumed = set(stored(out))
 
         fresh = tmp_path / "fresh"
-        crawl([], config, fresh)
+        crawl({}, config, fresh)
         assert resumed == set(stored(fresh)) and len(resumed) == CHAIN + 1
 
 
@@ -252,10 +252,10 @@ def test_recrawl_uses_last_modified_and_spots_servers_that_ignore_validators(tmp
     pages = {"/": html("home", ["/dated", "/careless", "/doomed"]), "/dated": dated, "/careless": careless,
              "/doomed": html("a page about to be removed")}
     with Site(pages) as site:
-        first = run_stage("crawl", 1, crawl, [], cfg(site), tmp_path)
+        first = run_stage("crawl", 1, crawl, {}, cfg(site), tmp_path)
         assert outcomes(first)[site.url + "/dated"]["last_modified"] == stamp
         pages["/doomed"] = (410, {"Content-Type": "text/html"}, b"gone")
-        again = run_stage("recrawl", 1, recrawl, [str(first)], RecrawlConfig(crawl=cfg(site), at="t1"), tmp_path)
+        again = run_stage("recrawl", 1, recrawl, {"previous": str(first)}, RecrawlConfig(crawl=cfg(site), at="t1"), tmp_path)
     assert seen["/dated"]["If-Modified-Since"] == stamp and "If-None-Match" not in seen["/dated"]
     assert seen["/careless"]["If-None-Match"] == '"v1"'
     state = outcomes(again)

@@ -39,8 +39,8 @@ def make_examples(root: Path, docs: str, tok: str, run: str, rows: list[dict] | 
     length the pretrained model's context bounds (test-tiny: CONTEXT)."""
     if path is None:
         path = write_examples_csv(root / f"labelled-{abs(hash(json.dumps(rows))) % 10**8}.csv", rows)
-    data = run_stage("labelled", LABELLED_VERSION, labelled, [], LabelledConfig(path=str(path)), root)
-    return str(run_stage("examples", EXAMPLES_VERSION, examples, [docs, tok, run, str(data)], ExamplesConfig(**cfg), root))
+    data = run_stage("labelled", LABELLED_VERSION, labelled, {}, LabelledConfig(path=str(path)), root)
+    return str(run_stage("examples", EXAMPLES_VERSION, examples, {"documents": docs, "tokenizer": tok, "pretrain": run, "labelled": str(data)}, ExamplesConfig(**cfg), root))
 
 
 def test_classifier_beats_the_majority_baseline(pretrained):
@@ -54,7 +54,7 @@ def test_classifier_beats_the_majority_baseline(pretrained):
     cfg = FinetuneConfig(train=FinetuneTrainConfig(steps=150, micro_batch_size=16, eval_every=25, checkpoint_every=50,
                                                    trackers=[], threads_per_process=0, log_every=25),
                          balance_classes=True)
-    ft = run_stage("finetune", 1, finetune, [ex, run, tok], cfg, root, resumable=True)
+    ft = run_stage("finetune", 1, finetune, {"examples": ex, "pretrain": run, "tokenizer": tok}, cfg, root, resumable=True)
     summary = load_manifest(ft).stats
     assert (Path(ft) / "best" / "model.safetensors").exists() and summary["select_metric"] == "val_accuracy"
     assert json.loads((Path(ft) / "best" / "info.json").read_text())["step"] == summary["best_step"]
@@ -87,7 +87,7 @@ def test_sft_trains_on_responses_and_exports(pretrained, tmp_path):
     assert labels[0] == -100 and labels[-1] == ids[-1] == 3  # <s> masked, </s> learnt
     cfg = FinetuneConfig(train=FinetuneTrainConfig(steps=20, micro_batch_size=8, eval_every=10, checkpoint_every=10,
                                                    trackers=[], threads_per_process=0, select_metric="val_loss"))
-    ft = run_stage("finetune", 1, finetune, [ex, run, tok], cfg, root, resumable=True)
+    ft = run_stage("finetune", 1, finetune, {"examples": ex, "pretrain": run, "tokenizer": tok}, cfg, root, resumable=True)
     stats = load_manifest(ft).stats
     assert stats["kind"] == "sft" and stats["val_loss"] < 20
     assert (Path(ft) / "hf" / "config.json").exists() and (Path(ft) / "hf" / "tokenizer.json").exists()

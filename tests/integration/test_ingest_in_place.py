@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def ingest_and_extract(root: Path, cfg: IngestConfig) -> tuple[Path, Path]:
-    raw = run_stage("ingest", INGEST_VERSION, ingest, [], cfg, root)
+    raw = run_stage("ingest", INGEST_VERSION, ingest, {}, cfg, root)
     with executor_scope(ExecutorConfig(shard_bytes=SHARD_BYTES)):
-        docs = run_stage("extract", VERSION, extract, [str(raw)], ExtractConfig(workers=1), root, sharded=True,
+        docs = run_stage("extract", VERSION, extract, {"raw": [str(raw)]}, ExtractConfig(workers=1), root, sharded=True,
                          layout={"shard_bytes": SHARD_BYTES})
     return raw, docs
 
@@ -77,23 +77,23 @@ def test_a_changed_source_is_a_new_dataset_and_an_old_one_refuses_it_by_url(tmp_
     write_warc(docs / "c.warc.gz", pages)
     with range_server(docs) as (base, _):
         cfg = IngestConfig(paths=[f"{base}/c.warc.gz"], allow_private_addresses=True)
-        raw = run_stage("ingest", INGEST_VERSION, ingest, [], cfg, tmp_path / "root")
-        assert run_stage("ingest", INGEST_VERSION, ingest, [], cfg, tmp_path / "root") == raw  # unchanged: the same dataset
+        raw = run_stage("ingest", INGEST_VERSION, ingest, {}, cfg, tmp_path / "root")
+        assert run_stage("ingest", INGEST_VERSION, ingest, {}, cfg, tmp_path / "root") == raw  # unchanged: the same dataset
 
         write_warc(docs / "c.warc.gz", pages[:-2])  # the publisher replaced the file
         import tasks.ingest
 
         tasks.ingest._described.clear()  # the listing is kept for a minute within a process; a later run stats afresh
-        again = run_stage("ingest", INGEST_VERSION, ingest, [], cfg, tmp_path / "root")
+        again = run_stage("ingest", INGEST_VERSION, ingest, {}, cfg, tmp_path / "root")
         assert again != raw
         with executor_scope(ExecutorConfig(shard_bytes=SHARD_BYTES, retries=0)), pytest.raises(ShardFailed) as failed:
-            run_stage("extract", VERSION, extract, [str(raw)], ExtractConfig(workers=1), tmp_path / "root", sharded=True,
+            run_stage("extract", VERSION, extract, {"raw": [str(raw)]}, ExtractConfig(workers=1), tmp_path / "root", sharded=True,
                       layout={"shard_bytes": SHARD_BYTES})
         assert f"{base}/c.warc.gz" in str(failed.value) and "changed since ingest" in str(failed.value)
 
         (docs / "c.warc.gz").unlink()  # and then took it down
         with executor_scope(ExecutorConfig(shard_bytes=SHARD_BYTES, retries=1)), pytest.raises(ShardFailed) as gone:
-            run_stage("extract", VERSION, extract, [str(again)], ExtractConfig(workers=1), tmp_path / "root", sharded=True,
+            run_stage("extract", VERSION, extract, {"raw": [str(again)]}, ExtractConfig(workers=1), tmp_path / "root", sharded=True,
                       layout={"shard_bytes": SHARD_BYTES})
         assert f"{base}/c.warc.gz" in str(gone.value) and "after 2 tries" in str(gone.value)
 

@@ -47,7 +47,7 @@ if os.environ.get("KILL_AFTER_UPLOADS"):  # the process dies after that many upl
             os._exit(9)
     store.upload = upload_then_die
 
-out = run_stage("demo", 1, make, [], Cfg(), sys.argv[1])
+out = run_stage("demo", 1, make, {}, Cfg(), sys.argv[1])
 local = store.local_copy(out)
 writers = {w for i in range(3) for w in pq.read_table(local / f"part-{i}.parquet")["writer"].to_pylist()}
 print("RESULT " + json.dumps({"out": str(out), "run_id": load_manifest(out).run_id, "writers": sorted(writers)}))
@@ -203,7 +203,7 @@ def test_a_training_killed_on_one_node_resumes_from_the_root_on_another(tmp_path
                         checkpoint_every=4, log_every=1, trackers=[], threads_per_process=1)
     cfg = PretrainConfig(model=ModelShape(preset="test-tiny"), train=train, export_hf=False)
     root = f"s3://{bucket}/data"
-    place = stage_dir(root, "pretrain", VERSION, cfg, [shards, tok])
+    place = stage_dir(root, "pretrain", VERSION, cfg, {"shards": shards, "tokenizer": tok})
     fs = s3_server.filesystem()
     remote_state = f"{place.removeprefix('s3://')}/resume/checkpoints/step-000004/trainer_state.json"
 
@@ -222,12 +222,12 @@ def test_a_training_killed_on_one_node_resumes_from_the_root_on_another(tmp_path
     watcher = threading.Thread(target=kill_when_step_4_is_on_the_store, args=(tmp_path / "node-a", killed), daemon=True)
     watcher.start()
     with pytest.raises(Exception):
-        run_stage("pretrain", VERSION, pretrain, [shards, tok], cfg, root, resumable=True)
+        run_stage("pretrain", VERSION, pretrain, {"shards": shards, "tokenizer": tok}, cfg, root, resumable=True)
     watcher.join(timeout=10)
     assert killed, "the training was never killed"
 
     monkeypatch.setenv("LLMILL_CACHE_DIR", str(tmp_path / "node-b"))  # another node: nothing of node a's disk
-    run = run_stage("pretrain", VERSION, pretrain, [shards, tok], cfg, root, resumable=True)
+    run = run_stage("pretrain", VERSION, pretrain, {"shards": shards, "tokenizer": tok}, cfg, root, resumable=True)
     stats = load_manifest(run).stats
     assert stats["resumed_at_step"] in (4, 8) and stats["steps"] == 12, stats
     steps = [m["step"] for m in metrics(tmp_path / "node-b" / "datasets" / place_key_dir(run)) if "loss" in m]
@@ -281,14 +281,14 @@ def test_dask_workers_that_share_no_disk_with_the_flow_read_and_write_the_bucket
                 raise Stopped
 
         with executor_scope(executor):
-            raw = run_stage("ingest", INGEST_VERSION, ingest, [], IngestConfig(paths=[source]), root)
+            raw = run_stage("ingest", INGEST_VERSION, ingest, {}, IngestConfig(paths=[source]), root)
             layout = {"shard_bytes": shard_bytes}
             if stop_extract_after is not None:
                 with pytest.raises(Stopped):
-                    run_stage("extract", EXTRACT_VERSION, extract, [raw], ExtractConfig(workers=1), root, stop, sharded=True, layout=layout)
-            docs = run_stage("extract", EXTRACT_VERSION, extract, [raw], ExtractConfig(workers=1), root, sharded=True, layout=layout)
-            cleaned = run_stage("clean", CLEAN_VERSION, clean, [str(docs)], clean_cfg, root, sharded=True)
-            deduped = run_stage("dedup", DEDUP_VERSION, dedup, [str(cleaned)], DedupConfig(), root, sharded=True)
+                    run_stage("extract", EXTRACT_VERSION, extract, {"raw": [raw]}, ExtractConfig(workers=1), root, stop, sharded=True, layout=layout)
+            docs = run_stage("extract", EXTRACT_VERSION, extract, {"raw": [raw]}, ExtractConfig(workers=1), root, sharded=True, layout=layout)
+            cleaned = run_stage("clean", CLEAN_VERSION, clean, {"documents": str(docs)}, clean_cfg, root, sharded=True)
+            deduped = run_stage("dedup", DEDUP_VERSION, dedup, {"documents": str(cleaned)}, DedupConfig(), root, sharded=True)
         return {"extract": str(docs), "clean": str(cleaned), "dedup": str(deduped)}
 
     monkeypatch.setenv("LLMILL_CACHE_DIR", str(tmp_path / "local-cache"))

@@ -36,7 +36,7 @@ def read(dataset) -> dict[str, str]:
 
 def test_shared_paragraphs_stay_in_the_first_document_only(tmp_path):
     docs = corpus_dataset(tmp_path, "p", texts())
-    out = run_stage("paragraph_dedup", VERSION, paragraph_dedup, [docs], ParagraphDedupConfig(max_removed_fraction=0.7), tmp_path)
+    out = run_stage("paragraph_dedup", VERSION, paragraph_dedup, {"documents": docs}, ParagraphDedupConfig(max_removed_fraction=0.7), tmp_path)
     kept = read(out)
     assert kept["p-0000"] == texts()[0]  # the first keeps everything
     assert kept["p-0001"] == "\n".join(["Overview", own("beta", 1)])  # "Overview" is short: left alone everywhere
@@ -52,15 +52,15 @@ def test_shared_paragraphs_stay_in_the_first_document_only(tmp_path):
     assert stats["chars_removed"] == 2 * (len(SHARED) + len(BOILER))
 
     # max_repeats 3: a paragraph in 3 documents is no repeat to remove
-    loose = run_stage("paragraph_dedup", VERSION, paragraph_dedup, [docs], ParagraphDedupConfig(max_repeats=3, index_dir=str(tmp_path / "i3")), tmp_path)
+    loose = run_stage("paragraph_dedup", VERSION, paragraph_dedup, {"documents": docs}, ParagraphDedupConfig(max_repeats=3, index_dir=str(tmp_path / "i3")), tmp_path)
     assert read(loose) == {f"p-{i:04d}": t for i, t in enumerate(texts())}
 
 
 def test_a_later_batch_is_deduplicated_against_the_earlier_ones_through_the_index(tmp_path):
     first = corpus_dataset(tmp_path, "a", texts()[:1])
-    run_stage("paragraph_dedup", VERSION, paragraph_dedup, [first], ParagraphDedupConfig(), tmp_path)
+    run_stage("paragraph_dedup", VERSION, paragraph_dedup, {"documents": first}, ParagraphDedupConfig(), tmp_path)
     later = corpus_dataset(tmp_path, "b", ["\n".join([own("epsilon", 1), SHARED, own("epsilon", 2)])])
-    out = run_stage("paragraph_dedup", VERSION, paragraph_dedup, [later], ParagraphDedupConfig(), tmp_path)
+    out = run_stage("paragraph_dedup", VERSION, paragraph_dedup, {"documents": later}, ParagraphDedupConfig(), tmp_path)
     assert read(out)["b-0000"] == "\n".join([own("epsilon", 1), own("epsilon", 2)])
     removed = pq.read_table(Path(out) / "removed.parquet").to_pylist()
     assert [(r["text"], r["kept_in"]) for r in removed] == [(SHARED, "an earlier batch")]
@@ -72,11 +72,11 @@ def test_a_refreshed_document_that_kept_a_paragraph_keeps_it_again(tmp_path):
     still on it): its new version keeps SHARED, or the corpus would have lost it altogether."""
     cfg = ParagraphDedupConfig(index_dir=str(tmp_path / "index"))
     batch1 = corpus_dataset(tmp_path / "r1", "a", ["\n".join([own("one", 1), SHARED]), "\n".join([own("two", 1), SHARED])])
-    first = read(run_stage("paragraph_dedup", VERSION, paragraph_dedup, [batch1], cfg, tmp_path / "r1"))
+    first = read(run_stage("paragraph_dedup", VERSION, paragraph_dedup, {"documents": batch1}, cfg, tmp_path / "r1"))
     assert SHARED in first["a-0000"] and SHARED not in first["a-0001"]
     batch2 = corpus_dataset(tmp_path / "r2", "a", ["\n".join([own("one", 1), own("one", 3), SHARED])])  # a-0000, changed
-    second = read(run_stage("paragraph_dedup", VERSION, paragraph_dedup, [batch2], cfg, tmp_path / "r2"))
+    second = read(run_stage("paragraph_dedup", VERSION, paragraph_dedup, {"documents": batch2}, cfg, tmp_path / "r2"))
     assert SHARED in second["a-0000"] and own("one", 1) in second["a-0000"]  # its own earlier paragraph too: it replaced itself
     batch3 = corpus_dataset(tmp_path / "r3", "b", ["\n".join([own("three", 1), SHARED])])  # a new page: SHARED is kept elsewhere
-    third = read(run_stage("paragraph_dedup", VERSION, paragraph_dedup, [batch3], cfg, tmp_path / "r3"))
+    third = read(run_stage("paragraph_dedup", VERSION, paragraph_dedup, {"documents": batch3}, cfg, tmp_path / "r3"))
     assert third["b-0000"] == own("three", 1)

@@ -15,9 +15,8 @@ from prefect import flow
 from safetensors.torch import load_file
 
 from formats.manifest import load_manifest
-from model.config import TrainConfig
+from model.config import ModelShape, TrainConfig
 from model.launch import run_training
-from model.config import ModelShape
 from tasks.pretrain import VERSION, PretrainConfig, pretrain_task
 from tasks.stage import stage_dir
 from tests.helpers import losses, max_diff, metrics, run_spec, training_pids
@@ -54,7 +53,7 @@ def test_task_retry_resumes_from_the_last_checkpoint(prefect_harness, data, tmp_
                  checkpoint_every=20, log_every=1, trackers=["tensorboard"], threads_per_process=1)
     cfg = PretrainConfig(model=ModelShape(preset="test-tiny"), train=TrainConfig(**train), export_hf=False)
     root = str(tmp_path / "root")
-    inputs = [shards, tok]
+    inputs = {"shards": shards, "tokenizer": tok}
     partial = Path(str(stage_dir(root, "pretrain", VERSION, cfg, inputs)) + ".partial")
 
     @flow

@@ -137,7 +137,7 @@ def test_refresh_fetches_conditionally_processes_only_changes_and_equals_a_full_
         # a full rebuild of the changed site, with the same tokenizer, gives the same corpus
         rebuild_cfg = config(tmp_path / "rebuild", site.site.url)
         rebuilt_docs = data_flow(rebuild_cfg)["documents"]
-        rebuilt = run_stage("tokenize", TOKENIZE_VERSION, tokenize, [rebuilt_docs, tokenizer], rebuild_cfg.tokenize, tmp_path / "rebuild")
+        rebuilt = run_stage("tokenize", TOKENIZE_VERSION, tokenize, {"documents": rebuilt_docs, "tokenizer": tokenizer}, rebuild_cfg.tokenize, tmp_path / "rebuild")
         full = load_manifest(rebuilt).stats
         for key in ("tokens", "documents", "bytes"):
             assert v2[key] == full[key], key
@@ -153,7 +153,8 @@ def test_refresh_fetches_conditionally_processes_only_changes_and_equals_a_full_
 
         # enough new tokens: pretraining continued from the first run, on version 2
         run = load_manifest(refreshed["run"])
-        assert run.inputs == [load_manifest(p).digest for p in (refreshed["tokens"], tokenizer, pre["run"])]
+        # the manifest lists its inputs by name: continue_from, shards, tokenizer
+        assert run.inputs == [load_manifest(p).digest for p in (pre["run"], refreshed["tokens"], tokenizer)]
         assert run.stats["steps"] == 4
 
         # a second refresh: one page gone, nothing else changed -> nothing fetched in full

@@ -36,13 +36,13 @@ def demo_data(root: Path, pydoc_port: int) -> dict[str, str]:
     cfg = load_config()
     crawl_cfg = cfg.crawl.model_copy(update={"max_pages": 60, "concurrency": 8, "pydoc_port": pydoc_port})
     assert crawl_cfg.seeds == ["builtin:pydoc"]
-    raw = run_stage("crawl", CRAWL_VERSION, crawl, [], crawl_cfg, root, resumable=True)
-    docs = run_stage("extract", EXTRACT_VERSION, extract, [str(raw)], cfg.extract, root, sharded=True)
-    cleaned = run_stage("clean", CLEAN_VERSION, clean, [str(docs)], cfg.clean, root, sharded=True)
-    deduped = run_stage("dedup", DEDUP_VERSION, dedup, [str(cleaned)], cfg.dedup, root, sharded=True)
-    tokenizer = run_stage("train_tokenizer", TOKENIZER_VERSION, train_tokenizer, [str(deduped)],
+    raw = run_stage("crawl", CRAWL_VERSION, crawl, {}, crawl_cfg, root, resumable=True)
+    docs = run_stage("extract", EXTRACT_VERSION, extract, {"raw": [str(raw)]}, cfg.extract, root, sharded=True)
+    cleaned = run_stage("clean", CLEAN_VERSION, clean, {"documents": str(docs)}, cfg.clean, root, sharded=True)
+    deduped = run_stage("dedup", DEDUP_VERSION, dedup, {"documents": str(cleaned)}, cfg.dedup, root, sharded=True)
+    tokenizer = run_stage("train_tokenizer", TOKENIZER_VERSION, train_tokenizer, {"documents": str(deduped)},
                           cfg.tokenizer.model_copy(update={"vocab_size": 1024}), root)
-    shards = run_stage("tokenize", TOKENIZE_VERSION, tokenize, [str(deduped), str(tokenizer)], cfg.tokenize, root)
+    shards = run_stage("tokenize", TOKENIZE_VERSION, tokenize, {"documents": str(deduped), "tokenizer": str(tokenizer)}, cfg.tokenize, root)
     return {"raw": str(raw), "docs": str(docs), "clean": str(cleaned), "dedup": str(deduped), "tokenizer": str(tokenizer),
             "shards": str(shards)}
 
@@ -85,9 +85,9 @@ def test_builtin_pydoc_twice_on_fresh_roots_gives_the_same_corpus_tokenizer_and_
     cfg = load_config()
     out = []
     for name in ("c", "d"):
-        raw = run_stage("ingest", INGEST_VERSION, ingest, [], IngestConfig(paths=warcs), tmp_path / name)
-        docs = run_stage("extract", EXTRACT_VERSION, extract, [str(raw)], cfg.extract, tmp_path / name, sharded=True)
-        cleaned = run_stage("clean", CLEAN_VERSION, clean, [str(docs)], cfg.clean, tmp_path / name, sharded=True)
+        raw = run_stage("ingest", INGEST_VERSION, ingest, {}, IngestConfig(paths=warcs), tmp_path / name)
+        docs = run_stage("extract", EXTRACT_VERSION, extract, {"raw": [str(raw)]}, cfg.extract, tmp_path / name, sharded=True)
+        cleaned = run_stage("clean", CLEAN_VERSION, clean, {"documents": str(docs)}, cfg.clean, tmp_path / name, sharded=True)
         out.append([files(d) for d in (raw, docs, cleaned)])
     assert out[0] == out[1]
 

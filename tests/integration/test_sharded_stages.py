@@ -32,18 +32,18 @@ def progress(done, total):
     if done >= k:
         os.kill(os.getpid(), signal.SIGKILL)
 with executor_scope(ExecutorConfig(shard_bytes=shard_bytes)):
-    run_stage("extract", VERSION, extract, [raw], ExtractConfig(workers=1), root, progress, sharded=True,
+    run_stage("extract", VERSION, extract, {"raw": [raw]}, ExtractConfig(workers=1), root, progress, sharded=True,
               layout={"shard_bytes": shard_bytes})
 """
 
 
 def raw_dataset(root: Path, warc: Path) -> str:
-    return str(run_stage("ingest", INGEST_VERSION, ingest, [], IngestConfig(paths=[str(warc)]), root))
+    return str(run_stage("ingest", INGEST_VERSION, ingest, {}, IngestConfig(paths=[str(warc)]), root))
 
 
 def extract_on(executor: ExecutorConfig, root: Path, raw: str, progress=lambda d, t: None) -> Path:
     with executor_scope(executor):
-        return run_stage("extract", VERSION, extract, [raw], ExtractConfig(workers=1), root, progress, sharded=True,
+        return run_stage("extract", VERSION, extract, {"raw": [raw]}, ExtractConfig(workers=1), root, progress, sharded=True,
                          layout={"shard_bytes": executor.shard_bytes})
 
 
@@ -158,8 +158,8 @@ def test_distributed_dedup_equals_the_one_process_pass_on_demo_pages_on_both_eng
         root = tmp_path / kind
         docs = extract_on(executor, root, raw_dataset(root, demo_site_warc))
         with executor_scope(executor):
-            cleaned = run_stage("clean", CLEAN_VERSION, clean, [str(docs)], clean_cfg, root, sharded=True)
-            out = run_stage("dedup", DEDUP_VERSION, dedup, [str(cleaned)], cfg, root, sharded=True)
+            cleaned = run_stage("clean", CLEAN_VERSION, clean, {"documents": str(docs)}, clean_cfg, root, sharded=True)
+            out = run_stage("dedup", DEDUP_VERSION, dedup, {"documents": str(cleaned)}, cfg, root, sharded=True)
         assert (out / "duplicates.parquet").read_bytes() == reference_duplicates(out, cfg, doc_files(str(cleaned))), kind
         stats = load_manifest(out).stats
         assert stats["near_duplicates"] >= 15 and stats["shards"] >= 2, stats  # the codec pages' clusters, over several parts

@@ -28,7 +28,7 @@ def built(shared_root, library_corpus):
 
 def test_tokenizer_is_deterministic(built, tmp_path):
     root, docs, tok, _ = built
-    again = run_stage("train_tokenizer", 1, train_tokenizer, [docs], TokenizerConfig(vocab_size=512), tmp_path)
+    again = run_stage("train_tokenizer", 1, train_tokenizer, {"documents": docs}, TokenizerConfig(vocab_size=512), tmp_path)
     assert (Path(tok) / "tokenizer.model").read_bytes() == (again / "tokenizer.model").read_bytes()
     sp = spm.SentencePieceProcessor(model_file=str(Path(tok) / "tokenizer.model"))
     assert [sp.id_to_piece(i) for i in range(4)] == ["<pad>", "<unk>", "<s>", "</s>"]
@@ -61,7 +61,7 @@ def test_shards_round_trip(built):
 def test_split_is_stable_when_the_corpus_grows(built, tmp_path):
     root, docs, tok, shards = built
     bigger = corpus_dataset(tmp_path, "lib", library_texts(140))  # the same ids, and 20 more
-    more = run_stage("tokenize", 1, tokenize, [bigger, str(tok)], TokenizeConfig(val_fraction=0.1), tmp_path)
+    more = run_stage("tokenize", 1, tokenize, {"documents": bigger, "tokenizer": str(tok)}, TokenizeConfig(val_fraction=0.1), tmp_path)
 
     def val_ids(ds):
         return {r["doc_id"] for f in (Path(ds) / "val").glob("*.docs.arrow") for r in pa.ipc.open_file(pa.memory_map(str(f))).read_all().to_pylist()}
@@ -87,10 +87,10 @@ def test_bad_inputs_give_clear_errors(built, tmp_path):
     root, docs, tok, shards = built
     empty = corpus_dataset(tmp_path, "empty", [])
     with pytest.raises(ValueError, match="corpus is empty"):
-        run_stage("train_tokenizer", 1, train_tokenizer, [empty], TokenizerConfig(vocab_size=512), tmp_path)
+        run_stage("train_tokenizer", 1, train_tokenizer, {"documents": empty}, TokenizerConfig(vocab_size=512), tmp_path)
     tiny = corpus_dataset(tmp_path, "tiny", ["just a few words here"] * 3)
     with pytest.raises(ValueError, match="larger than the text supports"):
-        run_stage("train_tokenizer", 1, train_tokenizer, [tiny], TokenizerConfig(vocab_size=5000, sample_chars=1000), tmp_path)
+        run_stage("train_tokenizer", 1, train_tokenizer, {"documents": tiny}, TokenizerConfig(vocab_size=5000, sample_chars=1000), tmp_path)
     with pytest.raises(ShardError, match="fewer than one window"):
         TokenWindows(Path(shards) / "val", 10_000_000)
     bad = tmp_path / "bad" / "train"
@@ -124,9 +124,9 @@ def test_val_documents_copied_from_train_text_are_moved_or_dropped(built, tmp_pa
         return {r["doc_id"] for split in ("train", "val") for f in (Path(ds) / split).glob("*.docs.arrow")
                 for r in pa.ipc.open_file(pa.memory_map(str(f))).read_all().to_pylist()}
 
-    plain = run_stage("tokenize", 1, tokenize, [corpus, str(tok)], cfg.model_copy(update={"decontaminate": DecontaminateConfig(enabled=False)}), tmp_path)
-    moved = run_stage("tokenize", 1, tokenize, [corpus, str(tok)], cfg, tmp_path)
-    dropped = run_stage("tokenize", 1, tokenize, [corpus, str(tok)], cfg.model_copy(update={"decontaminate": DecontaminateConfig(action="drop")}), tmp_path)
+    plain = run_stage("tokenize", 1, tokenize, {"documents": corpus, "tokenizer": str(tok)}, cfg.model_copy(update={"decontaminate": DecontaminateConfig(enabled=False)}), tmp_path)
+    moved = run_stage("tokenize", 1, tokenize, {"documents": corpus, "tokenizer": str(tok)}, cfg, tmp_path)
+    dropped = run_stage("tokenize", 1, tokenize, {"documents": corpus, "tokenizer": str(tok)}, cfg.model_copy(update={"decontaminate": DecontaminateConfig(action="drop")}), tmp_path)
     copied = {f"dc-{val_at[0]:04d}", f"dc-{val_at[1]:04d}"}
     assert val_ids(plain) == {f"dc-{i:04d}" for i in val_at}
     assert val_ids(moved) == val_ids(dropped) == val_ids(plain) - copied

@@ -66,7 +66,7 @@ def docs_dataset(root: Path, name: str, rows: list[dict]) -> str:
         pq.write_table(pa.Table.from_pylist(rows), out / "docs" / "part-00000.parquet")
         return {"documents": len(rows)}
 
-    return str(run_stage("fixture", 1, write, [], FixtureCfg(name=name), root))
+    return str(run_stage("fixture", 1, write, {}, FixtureCfg(name=name), root))
 
 
 def planted_corpus(rng: random.Random, n_orig: int, offset: int, prefix: str):
@@ -90,7 +90,7 @@ def test_near_dup_recall_and_precision(tmp_path):
     rows.append({"id": "zexact", "url": "http://x/zexact", "text": rows[0]["text"].upper() + "  "})
     truth["zexact"] = truth[rows[0]["id"]]
     ds = docs_dataset(tmp_path, "a", rows)
-    out = Path(run_stage("dedup", 1, dedup, [ds], DedupConfig(), tmp_path))
+    out = Path(run_stage("dedup", 1, dedup, {"documents": ds}, DedupConfig(), tmp_path))
     dups = {r["id"]: r for r in pq.read_table(out / "duplicates.parquet").to_pylist()}
     text = {r["id"]: r["text"] for r in rows}
 
@@ -108,7 +108,7 @@ def test_near_dup_recall_and_precision(tmp_path):
     kept = pq.read_table(out / "docs").column("id").to_pylist()
     shuffled = list(rows)
     random.Random(3).shuffle(shuffled)
-    out2 = Path(run_stage("dedup", 1, dedup, [docs_dataset(tmp_path, "shuffled", shuffled)], DedupConfig(), tmp_path))
+    out2 = Path(run_stage("dedup", 1, dedup, {"documents": docs_dataset(tmp_path, "shuffled", shuffled)}, DedupConfig(), tmp_path))
     assert sorted(pq.read_table(out2 / "docs").column("id").to_pylist()) == sorted(kept)
     stats = load_manifest(out).stats
     assert stats["documents_out"] == len(kept) == len(rows) - len(dups)
@@ -117,7 +117,7 @@ def test_near_dup_recall_and_precision(tmp_path):
 def test_second_batch_against_persisted_index(tmp_path):
     rng = random.Random(11)
     rows_a, truth_a = planted_corpus(rng, 40, 0, "a")
-    out_a = Path(run_stage("dedup", 1, dedup, [docs_dataset(tmp_path, "a", rows_a)], DedupConfig(), tmp_path))
+    out_a = Path(run_stage("dedup", 1, dedup, {"documents": docs_dataset(tmp_path, "a", rows_a)}, DedupConfig(), tmp_path))
     kept_a = set(pq.read_table(out_a / "docs").column("id").to_pylist())
 
     # batch b: near-copies of batch a's originals, an exact copy, and new distinct documents
@@ -127,7 +127,7 @@ def test_second_batch_against_persisted_index(tmp_path):
     ]
     rows_b.append({"id": "b-exact", "url": "http://y/exact", "text": originals_a[11]["text"]})
     rows_b += [{"id": f"b-new{i}", "url": f"http://y/n{i}", "text": t} for i, t in enumerate(originals(10, 200))]
-    out_b = Path(run_stage("dedup", 1, dedup, [docs_dataset(tmp_path, "b", rows_b)], DedupConfig(), tmp_path))
+    out_b = Path(run_stage("dedup", 1, dedup, {"documents": docs_dataset(tmp_path, "b", rows_b)}, DedupConfig(), tmp_path))
     dups = {r["id"]: r for r in pq.read_table(out_b / "duplicates.parquet").to_pylist()}
     copies = [f"b-copy{i}" for i in range(10)]
     assert sum(c in dups for c in copies) >= 9
@@ -186,7 +186,7 @@ def test_the_distributed_pass_equals_the_one_process_pass_bit_for_bit(tmp_path):
         root = tmp_path / str(min_jaccard)
         for name, rows in (("a", rows_a), ("b", rows_b)):  # without an index, then with one
             ds = docs_dataset(root, name, rows)
-            out = Path(run_stage("dedup", 1, dedup, [ds], cfg, root))
+            out = Path(run_stage("dedup", 1, dedup, {"documents": ds}, cfg, root))
             assert (out / "duplicates.parquet").read_bytes() == reference_duplicates(out, cfg, doc_files(ds)), (min_jaccard, name)
         assert load_manifest(out).stats["duplicates_of_index"] > 10
 

@@ -38,11 +38,11 @@ def test_gc_lists_dataset_versions_that_nothing_newer_reads(tmp_path: Path):
     from tasks.stage import run_stage
 
     def chain(version: int) -> tuple[Path, Path]:
-        first = run_stage("first", 1, toy, [], Toy(version=version), tmp_path)
-        return first, run_stage("second", 1, toy, [str(first)], Toy(version=version), tmp_path)
+        first = run_stage("first", 1, toy, {}, Toy(version=version), tmp_path)
+        return first, run_stage("second", 1, toy, {"source": str(first)}, Toy(version=version), tmp_path)
 
     old_first, old_second = chain(1)
-    kept_first = run_stage("first", 1, toy, [], Toy(version=2), tmp_path)  # newer than old_first, but...
+    kept_first = run_stage("first", 1, toy, {}, Toy(version=2), tmp_path)  # newer than old_first, but...
     pinned_first, pinned_second = chain(3)  # ...this chain is newest of both stages
     assert garbage(tmp_path) == sorted(str(p) for p in (old_first, old_second, kept_first))
     # a data-refresh version list keeps what it names, and so what those read
