@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from formats.files import write_ipc
+from formats.manifest import load_manifest
 
 SPLITS = ("train", "val", "test")
 IGNORE = -100  # the label of a position the loss skips (torch's cross_entropy default ignore_index)
@@ -38,8 +39,6 @@ def labelled_suffix(path: str | Path) -> str:
 
 def labelled_file(dataset: str | Path) -> Path:
     """The one labelled file a labelled dataset holds."""
-    from formats.manifest import load_manifest
-
     (entry,) = [f for f in load_manifest(dataset).files if f.path.startswith(LABELLED_FILE + ".")]
     return Path(dataset) / entry.path
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -27,8 +28,6 @@ class WorldError(RuntimeError):
 
 
 def check_world(accelerator, tc: TrainConfig) -> None:
-    import os
-
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise WorldError(

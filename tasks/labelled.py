@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +30,17 @@ class LabelledConfig(BaseModel):
 
 def SOURCE_STATE(cfg: LabelledConfig) -> str:  # noqa: N802 - the hook tasks/stage.py looks up by name
     p = Path(cfg.path)
-    return file_sha256(p) if p.is_file() else hashlib.sha256(b"missing").hexdigest()
+    if not p.is_file():
+        return hashlib.sha256(b"missing").hexdigest()
+    st = p.stat()
+    return _content_digest(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The file's SHA-256, once per (size, mtime) of it: a run computes the dataset's place
+    several times (the task's cache key, the refresh check, the stage itself)."""
+    return file_sha256(Path(path))
 
 
 def labelled(inputs: dict, cfg: LabelledConfig, out: Path, progress: Progress = no_progress) -> dict:
