@@ -157,5 +157,8 @@ if __name__ == "__main__":
     sys.argv[:] = ["pydoc_site.py"]
     sys.orig_argv[:] = ["python", "-s", "-S", "-P", "pydoc_site.py"]
     sys.executable = sys._base_executable
+    # the interpreter asked the import system whether the script's path is a zip or a directory
+    # before running it: that path is a key of path_importer_cache, also on the page
+    sys.path_importer_cache.pop(__file__, None)
     __file__ = "pydoc_site.py"
     _serve(int(sys.stdin.readline() or 0))
