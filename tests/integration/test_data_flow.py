@@ -11,7 +11,7 @@ import pytest
 from flows.data_flow import data_flow
 from flows.llmill_config import LlmillConfig, load_config
 from formats.manifest import load_manifest
-from tests.helpers import bad_pages, python_doc_pages, write_warc
+from tests.helpers import all_task_states, bad_pages, python_doc_pages, write_warc
 
 STAGES = ("ingest", "extract", "clean", "dedup")
 
@@ -44,20 +44,10 @@ def config(root: Path, warcs: Path, **overrides) -> LlmillConfig:
     return LlmillConfig.model_validate(tree)
 
 
-def task_states(flow_state) -> dict[str, str]:
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    flow_run_id = flow_state.state_details.flow_run_id
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
-
-
 def run(cfg: LlmillConfig):
     state = data_flow(cfg, return_state=True)
     assert state.is_completed(), state
-    return state.result(), task_states(state)
+    return state.result(), all_task_states(state.state_details.flow_run_id)
 
 
 @pytest.fixture(scope="module")
