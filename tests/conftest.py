@@ -56,7 +56,8 @@ def _pin_xdist_worker() -> None:
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
     cpus, workers, index = sorted(os.sched_getaffinity(0)), int(count), int(worker.removeprefix("gw"))
-    if len(cpus) < workers:
+    if len(cpus) < workers:  # more workers than CPUs: they take turns on one CPU each
+        os.sched_setaffinity(0, [cpus[index % len(cpus)]])
         return
     share = len(cpus) // workers
     os.sched_setaffinity(0, cpus[index * share : (index + 1) * share])
@@ -82,6 +83,18 @@ def pytest_itemcollected(item):
         if fixture in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(fixture))
             break
+
+
+# What starts a trainer, a server or a cluster: the suite's long tests.
+HEAVY = ("trainer", "prefect_server", "browser", "database", "dask_cluster")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """The long tests first, each tier in the seed's random order: xdist hands tests out in
+    collection order, so the short ones fill the workers' last minutes instead of one long test
+    running alone at the end."""
+    items.sort(key=lambda item: not any(item.get_closest_marker(kind) for kind in HEAVY))
 
 
 @pytest.hookimpl(tryfirst=True)

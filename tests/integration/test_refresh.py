@@ -4,6 +4,7 @@ pages processed, and the new token version equal to a full rebuild of the change
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from flows.pretrain_flow import pretrain_flow
 from flows.refresh_flow import Versions, data_refresh_flow
 from formats.files import file_sha256
 from formats.manifest import load_manifest
-from formats.token_shards import SPLITS, doc_index, open_tokens, split_shards
+from formats.documents import doc_id
+from formats.token_shards import SPLITS, doc_index, open_tokens, split_of, split_shards
 from model.token_windows import TokenWindows
 from tasks.stage import run_stage
 from tasks.tokenize import VERSION as TOKENIZE_VERSION
@@ -27,6 +29,7 @@ from tests.helpers import PYDOCS, Site
 pytestmark = [pytest.mark.prefect_server, pytest.mark.trainer]
 
 PAGES = 12
+VAL_FRACTION = 0.25
 
 
 class ChangingSite:
@@ -77,6 +80,14 @@ class ChangingSite:
         self.site.__exit__(*exc)
 
 
+def split_seed(site_url: str, at_least: int = 3) -> int:
+    """The split is by a hash of the URL, and the site's port (part of every URL) differs from run
+    to run: the first seed under which at least `at_least` of the pages that never change fall in
+    val, so neither version's val split can be left without a live document."""
+    return next(seed for seed in itertools.count()
+                if sum(split_of(doc_id(f"{site_url}/p{i}.html"), seed, VAL_FRACTION) == "val" for i in range(3, PAGES)) >= at_least)
+
+
 def config(root: Path, site_url: str, **refresh) -> LlmillConfig:
     return LlmillConfig.model_validate({
         "root": str(root),
@@ -86,7 +97,7 @@ def config(root: Path, site_url: str, **refresh) -> LlmillConfig:
         "clean": {**load_config().clean.model_dump(mode="json"), "workers": 1},
         "dedup": {"workers": 1},
         "tokenizer": {"vocab_size": 512},
-        "tokenize": {"val_fraction": 0.25},
+        "tokenize": {"val_fraction": VAL_FRACTION, "seed": split_seed(site_url)},
         "pretrain": {"model": {"preset": "test-tiny"},
                      "train": {"steps": 6, "micro_batch_size": 4, "eval_every": 3, "checkpoint_every": 3, "warmup_steps": 1, "trackers": [],
                                "seq_len": 64}},
@@ -115,6 +126,9 @@ def test_refresh_fetches_conditionally_processes_only_changes_and_equals_a_full_
         first_files = {f.path: f.sha256 for f in load_manifest(first).files}
         first_stats = load_manifest(first).stats
         assert first_stats["documents"]["train"] + first_stats["documents"]["val"] == PAGES  # the index is too short to pass clean
+        seed = cfg.tokenize.seed  # the pages split_seed counted on are in val, where they stay
+        counted = {doc_id(f"{site.site.url}/p{i}.html") for i in range(3, PAGES) if split_of(doc_id(f"{site.site.url}/p{i}.html"), seed, VAL_FRACTION) == "val"}
+        assert {d for d, (split, _) in live_documents(first).items() if split == "val"} >= counted
 
         site.change()
         site.requests.clear()
