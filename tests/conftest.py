@@ -87,6 +87,14 @@ def pytest_itemcollected(item):
 
 # What starts a trainer, a server or a cluster: the suite's long tests.
 HEAVY = ("trainer", "prefect_server", "browser", "database", "dask_cluster")
+# The longest of them, longest first (--durations in bench/RESULTS.md): the SIGKILL-every-stage
+# run alone takes a third of the suite's wall time, so it must not start late.
+LONGEST = ("faults/test_kill_every_stage.py", "integration/test_serve.py", "e2e/test_run.py", "integration/test_gpu_check.py")
+
+
+def _start_order(item) -> tuple[bool, int]:
+    heavy = any(item.get_closest_marker(kind) for kind in HEAVY)
+    return not heavy, next((i for i, path in enumerate(LONGEST) if path in item.nodeid), len(LONGEST))
 
 
 @pytest.hookimpl(trylast=True)
@@ -94,7 +102,7 @@ def pytest_collection_modifyitems(config, items):
     """The long tests first, each tier in the seed's random order: xdist hands tests out in
     collection order, so the short ones fill the workers' last minutes instead of one long test
     running alone at the end."""
-    items.sort(key=lambda item: not any(item.get_closest_marker(kind) for kind in HEAVY))
+    items.sort(key=_start_order)
 
 
 @pytest.hookimpl(tryfirst=True)

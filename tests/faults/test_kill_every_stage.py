@@ -30,7 +30,7 @@ SEED = 15
 
 SMALL = ["crawl.max_pages=24", "tokenizer.vocab_size=512",
          "pretrain.model.preset=test-tiny", "pretrain.train.steps=20", "pretrain.train.eval_every=10", "pretrain.train.checkpoint_every=10",
-         "pretrain.train.micro_batch_size=4", "pretrain.train.compile=false", "tokenize.val_fraction=0.2", "finetune.train.steps=20",
+         "pretrain.train.micro_batch_size=4", "pretrain.train.compile=false", "pretrain.export_hf=false", "tokenize.val_fraction=0.2", "finetune.train.steps=20",
          "finetune.train.eval_every=10", "finetune.train.checkpoint_every=10", "evaluate.lm_eval.enabled=false",
          "evaluate.generation.max_new_tokens=4", "executor.shard_bytes=20000"]
 

@@ -291,17 +291,17 @@ def test_basic_auth_refuses_clients_without_credentials(tmp_path, migrated_sqlit
 
 @pytest.mark.prefect_server
 @pytest.mark.dask_cluster
-def test_worker_script_registers_and_runs_deployments(tmp_path, tiny_pipeline, migrated_sqlite):
+def test_worker_script_registers_and_runs_deployments(tmp_path, migrated_sqlite):
     """deploy/worker.sh and the Dask services, natively, with the services' commands and
     environments from docker-compose.yml: the served data flow runs its shards on Dask."""
-    from tests.helpers import python_doc_site_pages, write_warc
+    from tests.helpers import python_doc_site_pages, tiny_pipeline_config, write_warc
 
-    # its own small input and root (not the shared tiny pipeline's): the data stages must run
-    # now, on the Dask workers, rather than be found in the shared root's cache
+    # the tiny pipeline's config on its own small input and root (not the shared tiny pipeline's
+    # datasets, nor its xdist worker): the data stages must run now, on the Dask workers, rather
+    # than be found in the shared root's cache
     warc = write_warc(tmp_path / "small.warc.gz", python_doc_site_pages(2))
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**tiny_pipeline, "root": str(tmp_path / "data"), "ingest": {"paths": [str(warc)]},
-                                      "executor": {"shard_bytes": 40_000}}))
+    config.write_text(yaml.safe_dump({**tiny_pipeline_config(tmp_path / "data", warc), "executor": {"shard_bytes": 40_000}}))
     (tmp_path / "prefect").mkdir()
     with prefect_server(tmp_path / "prefect", sqlite_template=migrated_sqlite) as (env, api), api_client(env) as http, \
             dask_from_compose(tmp_path, api) as dask_address:
