@@ -87,14 +87,10 @@ def pytest_itemcollected(item):
 
 # What starts a trainer, a server or a cluster: the suite's long tests.
 HEAVY = ("trainer", "prefect_server", "browser", "database", "dask_cluster")
-# The longest of them, longest first (--durations in bench/RESULTS.md): the SIGKILL-every-stage
-# run alone takes a third of the suite's wall time, so it must not start late.
-LONGEST = ("faults/test_kill_every_stage.py", "integration/test_serve.py", "e2e/test_run.py", "integration/test_gpu_check.py")
 
 
-def _start_order(item) -> tuple[bool, int]:
-    heavy = any(item.get_closest_marker(kind) for kind in HEAVY)
-    return not heavy, next((i for i, path in enumerate(LONGEST) if path in item.nodeid), len(LONGEST))
+def _start_order(item) -> bool:
+    return not any(item.get_closest_marker(kind) for kind in HEAVY)
 
 
 @pytest.hookimpl(trylast=True)
