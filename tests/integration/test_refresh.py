@@ -16,9 +16,9 @@ from flows.data_flow import data_flow
 from flows.llmill_config import LlmillConfig, load_config
 from flows.pretrain_flow import pretrain_flow
 from flows.refresh_flow import Versions, data_refresh_flow
+from formats.documents import doc_id
 from formats.files import file_sha256
 from formats.manifest import load_manifest
-from formats.documents import doc_id
 from formats.token_shards import SPLITS, doc_index, open_tokens, split_of, split_shards
 from model.token_windows import TokenWindows
 from tasks.stage import run_stage

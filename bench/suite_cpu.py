@@ -1,0 +1,64 @@
+"""Where the test suite's CPU goes: a pytest plugin that records, per test, the CPU seconds of the
+xdist worker itself and of the child processes it reaped during the test (servers, trainers,
+`llmill run`s), with the test's wall time; and a summary of the records.
+
+    make test PYTEST_ARGS="-p bench.suite_cpu"      # records into $LLMILL_SUITE_CPU_DIR (default bench/.work/suite-cpu)
+    .venv/bin/python -m bench.suite_cpu             # the tests by CPU, each worker's total
+
+A child is counted when it is reaped, so a session fixture's server counts in the test during
+which it stopped: read a short test with a large CPU figure as that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DEFAULT_DIR = Path(__file__).parent / ".work" / "suite-cpu"
+
+
+def _report_dir() -> Path:
+    return Path(os.environ.get("LLMILL_SUITE_CPU_DIR", DEFAULT_DIR))
+
+
+def _cpu() -> tuple[float, float]:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    own0, children0 = _cpu()
+    start = time.monotonic()
+    yield
+    own1, children1 = _cpu()
+    folder = _report_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(folder / f"{worker}-{os.getpid()}.jsonl", "a") as f:
+        f.write(json.dumps({"test": item.nodeid, "own_s": own1 - own0, "children_s": children1 - children0,
+                            "wall_s": time.monotonic() - start}) + "\n")
+
+
+def summary(folder: Path, top: int = 30) -> str:
+    lines, rows = [], []
+    for path in sorted(folder.glob("*.jsonl")):
+        worker = [json.loads(line) for line in path.read_text().splitlines() if line]
+        rows += worker
+        lines.append(f"{path.stem}: {len(worker)} tests, {sum(r['wall_s'] for r in worker):.0f} s wall, "
+                     f"{sum(r['own_s'] + r['children_s'] for r in worker):.0f} s CPU")
+    rows.sort(key=lambda r: -(r["own_s"] + r["children_s"]))
+    lines.append(f"all: {len(rows)} tests, {sum(r['own_s'] + r['children_s'] for r in rows):.0f} s CPU")
+    lines.append("   CPU s  wall s  test")
+    lines += [f"{r['own_s'] + r['children_s']:8.1f} {r['wall_s']:7.1f}  {r['test']}" for r in rows[:top]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summary(Path(sys.argv[1]) if len(sys.argv) > 1 else _report_dir()))
