@@ -32,9 +32,9 @@ system-packages: docs-pages
 # pytest-randomly shuffles the order on every run and prints its seed; replay an order with
 # PYTEST_ARGS=--randomly-seed=N (or turn shuffling off with -p no:randomly). Tests run on
 # TEST_WORKERS xdist workers; those sharing an expensive fixture go to one worker (conftest.py).
-# Two per CPU (at most 8): a test waiting on a server, a poll or a subprocess leaves its CPU to the
-# other worker pinned there (measured on 2 cores: 710 s of tests at 4 workers against 780 s at 2).
-TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); w=$$((2 * n)); [ $$w -gt 8 ] && w=8; echo $$w)
+# One per CPU (at most 8), each pinned to its CPU. Two per CPU were tried on 2 cores: 652-794 s of
+# tests and 1019-1290 s of CPU against 606 s and 909 s at one per CPU (bench/RESULTS.md).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 8 ] && n=8; echo $$n)
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 PYTEST_ARGS ?=
 FAST := not trainer and not prefect_server and not browser and not database and not dask_cluster
