@@ -80,12 +80,17 @@ class ChangingSite:
         self.site.__exit__(*exc)
 
 
+def unchanged_in_val(site_url: str, seed: int) -> set[str]:
+    """The document ids of the pages that never change (p3...) that fall in val under `seed`."""
+    ids = (doc_id(f"{site_url}/p{i}.html") for i in range(3, PAGES))
+    return {d for d in ids if split_of(d, seed, VAL_FRACTION) == "val"}
+
+
 def split_seed(site_url: str, at_least: int = 3) -> int:
     """The split is by a hash of the URL, and the site's port (part of every URL) differs from run
     to run: the first seed under which at least `at_least` of the pages that never change fall in
     val, so neither version's val split can be left without a live document."""
-    return next(seed for seed in itertools.count()
-                if sum(split_of(doc_id(f"{site_url}/p{i}.html"), seed, VAL_FRACTION) == "val" for i in range(3, PAGES)) >= at_least)
+    return next(seed for seed in itertools.count() if len(unchanged_in_val(site_url, seed)) >= at_least)
 
 
 def config(root: Path, site_url: str, **refresh) -> LlmillConfig:
@@ -126,9 +131,8 @@ def test_refresh_fetches_conditionally_processes_only_changes_and_equals_a_full_
         first_files = {f.path: f.sha256 for f in load_manifest(first).files}
         first_stats = load_manifest(first).stats
         assert first_stats["documents"]["train"] + first_stats["documents"]["val"] == PAGES  # the index is too short to pass clean
-        seed = cfg.tokenize.seed  # the pages split_seed counted on are in val, where they stay
-        counted = {doc_id(f"{site.site.url}/p{i}.html") for i in range(3, PAGES) if split_of(doc_id(f"{site.site.url}/p{i}.html"), seed, VAL_FRACTION) == "val"}
-        assert {d for d, (split, _) in live_documents(first).items() if split == "val"} >= counted
+        # the pages split_seed counted on are in val, where they stay
+        assert {d for d, (split, _) in live_documents(first).items() if split == "val"} >= unchanged_in_val(site.site.url, cfg.tokenize.seed)
 
         site.change()
         site.requests.clear()
