@@ -60,6 +60,8 @@ class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batch_size: int = Field(8, ge=1)
     max_val_tokens: int = Field(0, ge=0, description="0 = the whole val split")
+    stride: int = Field(0, ge=0, description="tokens between the starts of scoring windows; 0 = half the model's context, "
+                                            "so every token after the first window is scored with at least half of it")
     generation: GenerationConfig = GenerationConfig()
     bias_probe: str = Field("", description="templates YAML; empty = configs/bias_probe.yaml")
     lm_eval: LmEvalConfig = LmEvalConfig()
@@ -83,33 +85,52 @@ def as_text(docs: list[str]) -> str:
     return "".join(d + "\n" for d in docs)
 
 
-def stream_nll(model: Llama, tokens: np.ndarray, batch_size: int = 8, progress: Progress = no_progress) -> tuple[float, int]:
+def scoring_windows(n_targets: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, length, new) of each window over a stream of `n_targets` + 1 tokens: up to `window`
+    inputs from `start`, of which the last `new` targets no earlier window scored. Windows start
+    `stride` apart (the usual sliding-window perplexity), so after the first one every target is
+    predicted from at least `window - stride` tokens of context; stride == window is consecutive
+    windows, where a target right after a window's start sees almost none."""
+    if not 0 < stride <= window:
+        raise ValueError(f"stride must be in 1..{window} (the model's context), got {stride}")
+    out, scored, start = [], 0, 0
+    while scored < n_targets:
+        length = min(window, n_targets - start)
+        out.append((start, length, start + length - scored))
+        scored, start = start + length, start + stride
+    return out
+
+
+def stream_nll(model: Llama, tokens: np.ndarray, batch_size: int = 8, progress: Progress = no_progress,
+               stride: int = 0) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of every token of `tokens`, read as one stream after
-    <s>, in consecutive windows of the model's context; and the number of tokens scored."""
+    <s>, in windows of the model's context `stride` apart (0 = half the context); and the number
+    of tokens scored."""
     import torch
 
     with torch.no_grad():
-        return _stream_nll(model, tokens, batch_size, progress)
+        return _stream_nll(model, tokens, batch_size, progress, stride or max(1, model.cfg.max_seq_len // 2))
 
 
-def _stream_nll(model: Llama, tokens: np.ndarray, batch_size: int, progress: Progress) -> tuple[float, int]:
+def _stream_nll(model: Llama, tokens: np.ndarray, batch_size: int, progress: Progress, stride: int) -> tuple[float, int]:
     import torch
     import torch.nn.functional as F
 
-    window = model.cfg.max_seq_len
     stream = torch.from_numpy(np.concatenate(([BOS], tokens.astype(np.int64))))
-    starts = list(range(0, len(stream) - 1, window))
+    windows = scoring_windows(len(stream) - 1, model.cfg.max_seq_len, stride)
     total, count = 0.0, 0
-    for b in range(0, len(starts), batch_size):
-        group = starts[b : b + batch_size]
-        for size in sorted({min(window, len(stream) - 1 - s) for s in group}):  # the last window may be short
-            rows = [s for s in group if min(window, len(stream) - 1 - s) == size]
-            x = torch.stack([stream[s : s + size] for s in rows])
-            y = torch.stack([stream[s + 1 : s + size + 1] for s in rows])
+    for b in range(0, len(windows), batch_size):
+        group = windows[b : b + batch_size]
+        for size in sorted({length for _, length, _ in group}):  # the last windows may be short
+            rows = [(s, new) for s, length, new in group if length == size]
+            x = torch.stack([stream[s : s + size] for s, _ in rows])
+            y = torch.stack([stream[s + 1 : s + size + 1] for s, _ in rows])
             logits, _ = model(x)
-            total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
-            count += y.numel()
-        progress(min(b + batch_size, len(starts)), len(starts))
+            nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(len(rows), size)
+            for i, (_, new) in enumerate(rows):
+                total += float(nll[i, size - new :].sum())
+                count += new
+        progress(min(b + batch_size, len(windows)), len(windows))
     return total, count
 
 
@@ -124,7 +145,8 @@ def evaluate_lm(model: Llama, shards: str, sp, cfg: EvaluateConfig, progress: Pr
         val_tokens, docs = val_tokens[: int(ends[keep - 1]) + 1], docs[:keep]
     val_text = as_text(docs)
     n_bytes = len(val_text.encode())
-    nll, n = stream_nll(model, val_tokens, cfg.batch_size, progress)
+    stride = cfg.stride or max(1, model.cfg.max_seq_len // 2)
+    nll, n = stream_nll(model, val_tokens, cfg.batch_size, progress, stride)
     train_tokens = split_tokens(shards, "train")
     baselines = xz_baselines(as_text(split_docs(shards, "train", sp)), val_text)
     loss = nll / n
@@ -134,6 +156,7 @@ def evaluate_lm(model: Llama, shards: str, sp, cfg: EvaluateConfig, progress: Pr
         "val_bpb": bits_per_byte(nll, n_bytes),
         "val_tokens": int(n),
         "val_bytes": n_bytes,
+        "scoring": {"window": model.cfg.max_seq_len, "stride": stride},
         "baselines": {
             "xz_bpb": baselines["xz_bpb"],
             "xz_conditional_bpb": baselines["xz_conditional_bpb"],

@@ -74,7 +74,7 @@ def pytest_unconfigure(config):
 
 
 # Tests that share an expensive session fixture run on one xdist worker, so it is built once.
-SHARED_BY_GROUP = ("tiny_pipeline", "pretrained_lm", "dask_cluster")
+SHARED_BY_GROUP = ("tiny_pipeline", "pretrained_lm", "dask_cluster", "ddp_run")
 
 
 def pytest_itemcollected(item):

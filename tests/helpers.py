@@ -491,7 +491,10 @@ def prefect_server(home: Path, database_url: str | None = None, sqlite_template:
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER")}
     client_env.update(PREFECT_HOME=str(home / "client"), PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=server_env["PREFECT_SERVER_API_AUTH_STRING"],
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                      # a served process and a worker look for new runs every 10 s by default: a test
+                      # would sit idle half of that on average for each run it starts
+                      PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_WORKER_QUERY_SECONDS="1")
     try:
         deadline = time.monotonic() + 120
         while True:

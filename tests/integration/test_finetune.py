@@ -152,6 +152,8 @@ def test_lm_scores_and_baselines_use_exactly_the_val_text(pretrained, library_co
     assert result["val_bytes"] == len(val_text.encode())
     assert result["baselines"]["xz_bpb"] == pytest.approx(8 * len(lzma.compress(val_text.encode(), preset=9)) / len(val_text.encode()))
     assert result["val_tokens"] == load_manifest(shards).stats["tokens"]["val"]  # every val token scored
+    window = load_lm(run).cfg.max_seq_len
+    assert result["scoring"] == {"window": window, "stride": window // 2}  # windows half a context apart by default
     assert result["val_bpb"] == pytest.approx(result["val_loss"] * result["val_tokens"] / math.log(2) / result["val_bytes"])
     assert len(result["generations"]) == 4
 

@@ -20,7 +20,7 @@ from tasks.harness import lm_eval_env
 from tests.helpers import all_task_states
 
 EVAL_KEYS = {
-    "language_model": {"val_loss", "val_ppl", "val_bpb", "val_tokens", "val_bytes", "baselines", "generations", "decontamination"},
+    "language_model": {"val_loss", "val_ppl", "val_bpb", "val_tokens", "val_bytes", "scoring", "baselines", "generations", "decontamination"},
     "classifier": {"split", "examples", "accuracy", "macro", "micro", "per_class", "confusion", "labels", "baselines"},
     "bias_probe": {"templates_file", "method", "categories", "max_spread", "bootstrap", "beyond_null"},
     "lm_eval": {"task", "items", "choices", "chance", "acc", "acc_norm", "command", "contamination"},

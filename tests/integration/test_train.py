@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,12 +101,23 @@ def test_exact_resume_after_sigkill(data, tmp_path):
     assert [m["step"] for m in metrics(killed)] == [m["step"] for m in metrics(straight)]  # the torn line cut, none lost
 
 
-def test_ddp_two_processes_form_one_group(data, tmp_path):
-    # own runs: rank logs, the equal-batch single run and the 2->1 resume are what is tested
+@pytest.fixture(scope="module")
+def ddp_run(data, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """One 2-process DDP run (40 steps, 4 windows per process, each rank's weight digests logged)
+    and its events: the DDP test reads it, the two-machine test compares against it. Tests copy it
+    before writing to it."""
     events = []
-    ddp = tmp_path / "ddp"
-    s = run_spec(data, ddp, distributed="ddp", num_processes=2, micro_batch_size=4)
+    out = tmp_path_factory.mktemp("ddp-run") / "ddp"
+    s = run_spec(data, out, distributed="ddp", num_processes=2, micro_batch_size=4)
     run_training(s.model_copy(update={"debug_weight_digests": True}), on_event=events.append)
+    return out, events
+
+
+def test_ddp_two_processes_form_one_group(data, ddp_run, tmp_path):
+    # own runs: the equal-batch single run and the 2->1 resume (on a copy of the shared DDP run)
+    shared, events = ddp_run
+    ddp = tmp_path / "ddp"
+    shutil.copytree(shared, ddp)
     start = next(e for e in events if e["event"] == "start")
     assert start["world"] == 2
     ranks = [[json.loads(l) for l in (ddp / f"debug-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
@@ -127,9 +139,9 @@ def test_ddp_two_processes_form_one_group(data, tmp_path):
     assert max(losses(ddp)) == 60
 
 
-def test_two_machines_on_127_0_0_1_train_as_one_world(data, tmp_path):
-    # own runs: two launchers as two machines (ranks 0 and 1, one process each) against one
-    # machine with two processes, at the same global batch
+def test_two_machines_on_127_0_0_1_train_as_one_world(data, ddp_run, tmp_path):
+    # own runs: two launchers as two machines (ranks 0 and 1, one process each), against the shared
+    # run of one machine with two processes at the same global batch
     nodes = tmp_path / "nodes"
     nodes.mkdir()
     s = run_spec(data, nodes, distributed="ddp", num_processes=2, micro_batch_size=4).model_copy(update={"debug_weight_digests": True})
@@ -147,8 +159,7 @@ def test_two_machines_on_127_0_0_1_train_as_one_world(data, tmp_path):
     for a, b in zip(*ranks):
         assert a["weights"] == b["weights"]  # identical after every step
         assert a["first_sample"] != b["first_sample"]  # each machine its own data
-    one_machine = tmp_path / "one"
-    run_training(run_spec(data, one_machine, distributed="ddp", num_processes=2, micro_batch_size=4))
+    one_machine, _ = ddp_run
     l1, l2 = losses(one_machine), losses(nodes)
     assert l1.keys() == l2.keys() and max(abs(l1[k] - l2[k]) for k in l1) < 1e-5
 

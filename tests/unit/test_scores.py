@@ -6,12 +6,13 @@ import lzma
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from formats.tokenizer import BOS
 from model.llama import Llama, ModelConfig
-from tasks.evaluate import stream_nll
+from tasks.evaluate import scoring_windows, stream_nll
 from tasks.scores import bits_per_byte, classification_scores, unigram_bpb, xz_baselines
 
 
@@ -42,7 +43,7 @@ def test_stream_nll_and_bits_per_byte_match_a_direct_computation():
     torch.manual_seed(0)
     model = Llama(ModelConfig(preset="test-tiny", vocab_size=40, max_seq_len=8)).eval()
     tokens = np.array([5, 9, 3, 17, 22, 3, 8, 8, 30, 11, 3, 4, 19, 7, 3, 25, 6, 3, 12], dtype=np.uint16)  # 19: 2 windows + a short one
-    nll, n = stream_nll(model, tokens, batch_size=2)
+    nll, n = stream_nll(model, tokens, batch_size=2, stride=8)
     assert n == len(tokens)  # every token scored, the first after <s>
     # direct: each window of 8 predicts its next 8 tokens from scratch
     stream = [BOS] + tokens.tolist()
@@ -57,6 +58,32 @@ def test_stream_nll_and_bits_per_byte_match_a_direct_computation():
     assert math.isclose(nll, expected, rel_tol=1e-5)
     assert math.isclose(math.exp(nll / n), math.exp(expected / len(tokens)), rel_tol=1e-5)
     assert math.isclose(bits_per_byte(nll, 57), expected / math.log(2) / 57, rel_tol=1e-5)
+
+
+def test_sliding_windows_score_each_token_once_with_at_least_half_the_context():
+    assert scoring_windows(19, 8, 4) == [(0, 8, 8), (4, 8, 4), (8, 8, 4), (12, 7, 3)]
+    assert scoring_windows(19, 8, 8) == [(0, 8, 8), (8, 8, 8), (16, 3, 3)]
+    assert scoring_windows(5, 8, 4) == [(0, 5, 5)]
+    with pytest.raises(ValueError, match="stride"):
+        scoring_windows(19, 8, 9)
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(preset="test-tiny", vocab_size=40, max_seq_len=8)).eval()
+    tokens = np.array([5, 9, 3, 17, 22, 3, 8, 8, 30, 11, 3, 4, 19, 7, 3, 25, 6, 3, 12], dtype=np.uint16)
+    nll, n = stream_nll(model, tokens, batch_size=3)  # stride 0: half the context, 4
+    assert n == len(tokens)
+    # direct: target j (stream[j + 1]) from the tokens since the latest window start at a multiple
+    # of 4 that still holds j in its 8 inputs: j - start >= 4 once j >= 8
+    stream = [BOS] + tokens.tolist()
+    expected = 0.0
+    for j in range(len(tokens)):
+        start = 0 if j < 8 else -(-(j - 7) // 4) * 4
+        assert j - start >= (0 if j < 8 else 4)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([stream[start : j + 1]]))[0][0, -1].double(), -1)
+        expected -= float(logp[stream[j + 1]])
+    assert math.isclose(nll, expected, rel_tol=1e-5)
+    consecutive, _ = stream_nll(model, tokens, batch_size=3, stride=8)
+    assert not math.isclose(nll, consecutive, rel_tol=1e-4)  # the context differs, so does the score
 
 
 def test_xz_and_unigram_baselines_by_hand():
