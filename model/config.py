@@ -39,6 +39,8 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
     compile: bool = False
+    compile_eval: bool = Field(False, description="with compile, compile evaluation too; off, it runs eagerly: a compiled eval "
+                                                  "recompiles for no_grad and its batch shape, costing more than a few eval batches gain")
     eval_every: int = Field(100, ge=1)
     eval_windows: int = Field(64, ge=1, description="validation windows per evaluation")
     early_stopping_patience: int = Field(0, ge=0, description="evaluations without improvement; 0 = off")

@@ -252,8 +252,9 @@ def evaluate_and_select(run: Run) -> None:
     tc, rank, world = run.tc, run.acc.process_index, run.acc.num_processes
     select, lower_is_better = tc.select_metric, minimized(tc.select_metric)
     run.model.eval()
-    # Sharded weights need every rank in every forward, so then each rank scores every example.
-    run.final_eval = run.objective.evaluate(run.model, run.acc, *((0, 1) if run.strategy.gathered else (rank, world)))
+    with torch.compiler.set_stance("force_eager" if tc.compile and not tc.compile_eval else "default"):
+        # Sharded weights need every rank in every forward, so then each rank scores every example.
+        run.final_eval = run.objective.evaluate(run.model, run.acc, *((0, 1) if run.strategy.gathered else (rank, world)))
     run.model.train()
     if not run.final_eval:
         return
@@ -284,6 +285,10 @@ def finish(run: Run) -> dict:
     summary = {"steps": run.step, "stopped_early": run.stopped_early, "select_metric": tc.select_metric, "best_metric": run.best,
                "best_step": run.best_step, **run.final_eval, "world": run.acc.num_processes, "precision": run.precision,
                "tokens_seen": run.step * run.tokens_per_step, "seconds": time.time() - run.started, "resumed_at_step": run.resumed_at}
+    if tc.compile:  # each recompilation costs seconds to minutes: a number to watch
+        from torch._dynamo.utils import counters
+
+        summary["compiled_graphs"] = counters["stats"]["unique_graphs"]
     save_weights(run.strategy.bare, out / "final", run.spec.model, run.main)
     if run.main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

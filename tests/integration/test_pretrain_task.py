@@ -4,6 +4,7 @@ TensorBoard tracker and torch.compile paths of the trainer."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -85,3 +86,5 @@ def test_compiled_training_tracks_eager(data, tmp_path):
     le, lc = losses(eager), losses(compiled)
     assert le.keys() == lc.keys()
     assert max(abs(le[k] - lc[k]) for k in le) < 1e-3, (le, lc)
+    # the training step compiled once; the evaluation ran eagerly, not recompiled for no_grad
+    assert json.loads((compiled / "summary.json").read_text())["compiled_graphs"] == 1
