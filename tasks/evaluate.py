@@ -101,6 +101,11 @@ def scoring_windows(n_targets: int, window: int, stride: int) -> list[tuple[int,
     return out
 
 
+def scoring_stride(stride: int, window: int) -> int:
+    """The configured stride, or half the context for 0."""
+    return stride or max(1, window // 2)
+
+
 def stream_nll(model: Llama, tokens: np.ndarray, batch_size: int = 8, progress: Progress = no_progress,
                stride: int = 0) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of every token of `tokens`, read as one stream after
@@ -109,7 +114,7 @@ def stream_nll(model: Llama, tokens: np.ndarray, batch_size: int = 8, progress: 
     import torch
 
     with torch.no_grad():
-        return _stream_nll(model, tokens, batch_size, progress, stride or max(1, model.cfg.max_seq_len // 2))
+        return _stream_nll(model, tokens, batch_size, progress, scoring_stride(stride, model.cfg.max_seq_len))
 
 
 def _stream_nll(model: Llama, tokens: np.ndarray, batch_size: int, progress: Progress, stride: int) -> tuple[float, int]:
@@ -145,7 +150,7 @@ def evaluate_lm(model: Llama, shards: str, sp, cfg: EvaluateConfig, progress: Pr
         val_tokens, docs = val_tokens[: int(ends[keep - 1]) + 1], docs[:keep]
     val_text = as_text(docs)
     n_bytes = len(val_text.encode())
-    stride = cfg.stride or max(1, model.cfg.max_seq_len // 2)
+    stride = scoring_stride(cfg.stride, model.cfg.max_seq_len)
     nll, n = stream_nll(model, val_tokens, cfg.batch_size, progress, stride)
     train_tokens = split_tokens(shards, "train")
     baselines = xz_baselines(as_text(split_docs(shards, "train", sp)), val_text)
