@@ -129,3 +129,20 @@ class ModelConfig(ModelShape):
     @classmethod
     def of(cls, shape: ModelShape, vocab_size: int) -> "ModelConfig":
         return cls.model_validate({**shape.model_dump(), "vocab_size": vocab_size})
+
+
+class RunSpec(BaseModel):
+    """One training run, as the launcher hands it to every trainer process (JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelConfig
+    train: TrainConfig
+    shards: str = ""  # tokenize dataset: train/ and val/ (objective lm)
+    tokenizer: str  # sentencepiece model file
+    objective: Literal["lm", "sft", "classify"] = "lm"
+    examples: str = ""  # examples dataset: train.arrow, val.arrow (objectives sft, classify)
+    head: HeadSpec = HeadSpec()
+    out: str
+    val_bytes_per_token: float = 0.0  # UTF-8 bytes per token of the val split, for bits per byte
+    init_from: str = ""  # safetensors weights to start from (continued pretraining, fine-tuning)
+    debug_weight_digests: bool = False  # tests: per-rank digests of weights and data after each step

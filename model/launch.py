@@ -28,8 +28,7 @@ from typing import Callable
 
 from pydantic import BaseModel, Field
 
-from model.config import usable_cpus
-from model.train import RunSpec
+from model.config import RunSpec, usable_cpus
 
 
 class TrainingFailed(RuntimeError):

@@ -21,34 +21,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict
 
 from formats.jsonl import cut_torn_tail, read_records
 from model.checkpoints import Checkpoints, save_weights
-from model.config import HeadSpec, TrainConfig, usable_cpus
-from model.llama import ModelConfig, load_word_vectors, param_groups
+from model.config import RunSpec, TrainConfig, usable_cpus
+from model.llama import load_word_vectors, param_groups
 from model.objectives import make_objective
 from model.parallel import AccelerateStrategy, WorldError, create_strategy, local_fraction, weight_digest
 from model.token_windows import step_slice
-
-
-class RunSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: ModelConfig
-    train: TrainConfig
-    shards: str = ""  # tokenize dataset: train/ and val/ (objective lm)
-    tokenizer: str  # sentencepiece model file
-    objective: Literal["lm", "sft", "classify"] = "lm"
-    examples: str = ""  # examples dataset: train.arrow, val.arrow (objectives sft, classify)
-    head: HeadSpec = HeadSpec()
-    out: str
-    val_bytes_per_token: float = 0.0  # UTF-8 bytes per token of the val split, for bits per byte
-    init_from: str = ""  # safetensors weights to start from (continued pretraining, fine-tuning)
-    debug_weight_digests: bool = False  # tests: per-rank digests of weights and data after each step
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:

@@ -59,7 +59,7 @@ class FinetuneInputs(TypedDict):
 
 def finetune(inputs: FinetuneInputs, cfg: FinetuneConfig, out: Path, progress: Progress = no_progress) -> dict:
     from model.launch import run_training
-    from model.train import RunSpec
+    from model.config import RunSpec
 
     examples, run, tok = inputs["examples"], inputs["pretrain"], inputs["tokenizer"]
     ex = load_manifest(examples).stats

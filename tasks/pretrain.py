@@ -39,7 +39,7 @@ class PretrainInputs(TypedDict):
 def pretrain(inputs: PretrainInputs, cfg: PretrainConfig, out: Path, progress: Progress = no_progress) -> dict:
     from model.export import export_hf
     from model.launch import run_training
-    from model.train import RunSpec
+    from model.config import RunSpec
 
     shards, tok = inputs["shards"], inputs["tokenizer"]
     earlier = [inputs["continue_from"]] if inputs.get("continue_from") else []

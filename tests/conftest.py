@@ -119,15 +119,29 @@ def _started_only_what_is_marked(request):
 
 
 @pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory):
-    """One real (temporary, SQLite) Prefect server for the whole session; results in a tmp dir."""
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_api(tmp_path_factory, migrated_sqlite) -> tuple[dict, str]:
+    """One `prefect server start` (SQLite, from the migrated template) per xdist worker for the
+    session: (the client's PREFECT_* settings for it, API URL). Tests that run flows against a
+    server share it; those about a fresh server (the served runs, the worker script, basic auth,
+    e2e) start their own. Only the PREFECT_* settings: the rest of the environment a test
+    passes on is its own (the start guard's variables name the running test)."""
+    from tests.helpers import prefect_server
 
+    home = tmp_path_factory.mktemp("prefect-server")
+    with prefect_server(home, sqlite_template=migrated_sqlite) as (env, api):
+        yield {k: v for k, v in env.items() if k.startswith("PREFECT_")}, api
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory, prefect_api):
+    """Flows run in this process against the session's server; results in a tmp dir."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    env, api = prefect_api
     results = tmp_path_factory.mktemp("prefect-results")
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results)}):
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],
+                             PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results)}):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -212,15 +226,24 @@ def s3_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def migrated_sqlite(tmp_path_factory) -> Path:
-    """A SQLite database with Prefect's schema, migrated once: each test still starts its own
-    server on a fresh copy, without the 15-20 s of migrations a new database costs."""
+    """A SQLite database with Prefect's schema, migrated once per session: each server starts on
+    a fresh copy, without the 10 s of CPU (15-20 s on a busy machine) a new database's migrations
+    cost. The xdist workers share it (the first builds it under a lock in the session's tmp dir)."""
+    import fcntl
     import subprocess
 
     from tests.helpers import PREFECT
 
-    home = tmp_path_factory.mktemp("prefect-db-template")
-    env = {**os.environ, "PREFECT_HOME": str(home)}
-    env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
-    done = subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and (home / "prefect.db").is_file(), done.stdout[-2000:] + done.stderr[-2000:]
-    return home / "prefect.db"
+    # under xdist each worker's base temp is a folder of the session's own
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else tmp_path_factory.getbasetemp()
+    template = shared / "prefect-template.db"
+    with open(shared / "prefect-template.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not template.is_file():
+            home = Path(tempfile.mkdtemp(prefix="prefect-db-", dir=shared))
+            env = {**os.environ, "PREFECT_HOME": str(home)}
+            env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
+            done = subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0 and (home / "prefect.db").is_file(), done.stdout[-2000:] + done.stderr[-2000:]
+            os.replace(home / "prefect.db", template)  # whole or absent: a worker that failed here leaves none
+    return template

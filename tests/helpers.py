@@ -181,7 +181,7 @@ def run_spec(data: tuple[str, str], out: Path, **train):
     from formats.manifest import load_manifest
     from model.config import TrainConfig
     from model.llama import ModelConfig
-    from model.train import RunSpec
+    from model.config import RunSpec
 
     tok, shards = data
     st = load_manifest(shards).stats

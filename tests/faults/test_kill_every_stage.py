@@ -23,7 +23,6 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 
 from formats.manifest import load_manifest
-from tests.helpers import prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 15
@@ -109,13 +108,12 @@ def file_bytes(root: Path, stage: str) -> dict[str, bytes]:
 
 @pytest.mark.prefect_server
 @pytest.mark.trainer
-def test_a_run_killed_inside_each_stage_in_turn_completes_reusing_what_it_finished(tmp_path, migrated_sqlite):
-    # one Prefect server for the nine runs (each embedded server would start again with every run);
-    # the task cache is the runs' shared local results storage, as for runs on one machine
-    home = tmp_path / "prefect"
-    home.mkdir()
-    with prefect_server(home, sqlite_template=migrated_sqlite) as (env, _):
-        killed_and_rerun(tmp_path, env)
+def test_a_run_killed_inside_each_stage_in_turn_completes_reusing_what_it_finished(tmp_path, prefect_api):
+    # the session's Prefect server for the eight runs (each embedded server would start again with
+    # every run); the task cache is the runs' shared local results storage, as for runs on one
+    # machine: under a Prefect home of this test's own
+    server, _ = prefect_api
+    killed_and_rerun(tmp_path, {**os.environ, **server, "PREFECT_HOME": str(tmp_path / "prefect")})
 
 
 def killed_and_rerun(tmp_path: Path, env: dict) -> None:

@@ -215,6 +215,8 @@ def test_killed_crawl_resumes_without_refetching(tmp_path):
         assert not (out / "state.json").exists()  # it really died mid-way
         first_pass = site.hits["/"] + sum(site.hits[f"/p{i}"] for i in range(CHAIN))
         assert 8 <= first_pass < CHAIN
+        # the delay was there to land the kill mid-way; the two whole crawls below need none
+        routes["/robots.txt"] = (200, {"Content-Type": "text/plain"}, b"User-agent: *\nCrawl-delay: 0.01\n")
 
         stats = crawl({}, config, out)
         assert stats["resumed"] is True
