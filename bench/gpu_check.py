@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from formats.files import write_ipc  # noqa: E402
 from formats.token_shards import token_dtype  # noqa: E402
-from model.config import TrainConfig  # noqa: E402
+from model.config import RunSpec, TrainConfig  # noqa: E402
 from model.launch import run_training  # noqa: E402
 from model.llama import Llama, ModelConfig  # noqa: E402
-from model.train import RunSpec, effective_precision  # noqa: E402
+from model.train import effective_precision  # noqa: E402
 
 # Dense bf16 peaks (vendor datasheets, without sparsity), first match on the device name wins.
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.0), ("H200", 989.0), ("H100", 989.0), ("A100", 312.0))

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from model.config import TrainConfig
+from model.config import RunSpec, TrainConfig
 from model.llama import ModelConfig
-from model.train import RunSpec
 from tasks.crawl import CrawlConfig
 from tasks.orchestration import DATA_STAGE_BACKSTOP_S, backstop_seconds
 from tasks.pretrain import PretrainConfig
@@ -37,8 +36,8 @@ def test_backstops_grow_with_what_the_config_asks_for():
 
 INTERRUPTED = """
 import signal, sys
+from model.config import RunSpec
 from model.launch import run_training
-from model.train import RunSpec
 
 def timed_out(*_):  # what Prefect's timeout does to a task in the main thread: SIGALRM, raised as an error
     raise TimeoutError("the task's timeout_seconds passed")
