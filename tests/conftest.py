@@ -122,8 +122,8 @@ def _started_only_what_is_marked(request):
 def prefect_api(tmp_path_factory, migrated_sqlite) -> tuple[dict, str]:
     """One `prefect server start` (SQLite, from the migrated template) per xdist worker for the
     session: (the client's PREFECT_* settings for it, API URL). Tests that run flows against a
-    server share it; those about a fresh server (the served runs, the worker script, basic auth,
-    e2e) start their own. Only the PREFECT_* settings: the rest of the environment a test
+    server share it, and so do basic auth and the results-storage block; those about a fresh
+    server (the served runs, the worker script, e2e) start their own. Only the PREFECT_* settings: the rest of the environment a test
     passes on is its own (the start guard's variables name the running test)."""
     from tests.helpers import prefect_server
 
@@ -175,6 +175,20 @@ def pretrained_lm(shared_root, library_corpus) -> str:
     _, tok, shards = library_corpus
     cfg = PretrainConfig(model=ModelShape(preset="test-tiny"), train=TrainConfig(**PRETRAIN_STEPS))
     return str(run_stage("pretrain", VERSION, pretrain, {"shards": shards, "tokenizer": tok}, cfg, shared_root, resumable=True))
+
+
+@pytest.fixture(scope="session")
+def single_run(library_corpus, tmp_path_factory) -> Path:
+    """One single-process training at tests.helpers.run_spec's defaults (40 steps of 8 x 64
+    tokens): the uninterrupted run that exact resume, the DDP group at equal global batch and the
+    retried pretrain task are compared against. Tests copy it before writing to it."""
+    from model.launch import run_training
+    from tests.helpers import run_spec
+
+    _, tok, shards = library_corpus
+    out = tmp_path_factory.mktemp("single-run") / "run"
+    run_training(run_spec((tok, shards), out))
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import prefect_server, python_doc_site_pages, tiny_pipeline_config, write_warc
+from tests.helpers import python_doc_site_pages, tiny_pipeline_config, write_warc
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_STAGES = {"ingest", "extract", "clean", "dedup"}
@@ -42,35 +42,37 @@ def data_flow_states(config: Path, env: dict) -> dict[str, str]:
 
 
 @pytest.mark.prefect_server
-def test_a_remote_results_block_shares_the_task_cache_between_workers(tmp_path, migrated_sqlite, s3_server):
+def test_a_remote_results_block_shares_the_task_cache_between_workers(tmp_path, prefect_api, s3_server):
     s3_server.make_bucket("llmill-results")
     warc = write_warc(tmp_path / "small.warc.gz", python_doc_site_pages(2))
     config = tmp_path / "data.yaml"
     config.write_text(yaml.safe_dump(tiny_pipeline_config(tmp_path / "root", warc)))
-    (tmp_path / "prefect").mkdir()
-    with prefect_server(tmp_path / "prefect", sqlite_template=migrated_sqlite) as (server_env, _):
-        base = {**server_env, **s3_server.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        saved = llmill("results-storage", "s3://llmill-results/prefect", env=base)
-        assert saved.returncode == 0 and "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=remote-file-system/llmill-results" in saved.stdout, \
-            saved.stdout + saved.stderr[-2000:]
-        again = llmill("results-storage", "s3://llmill-results/other", env=base)  # a second save does not replace it silently
-        assert again.returncode == 2 and "already exists" in again.stdout, again.stdout + again.stderr[-2000:]
-        local = llmill("results-storage", env=base)
-        assert local.returncode == 0 and "results storage: local" in local.stdout and "this machine only" in local.stdout, local.stdout
+    # the session's server (the block is saved on it under a name no other test uses); the Prefect
+    # homes are this test's own
+    server, _ = prefect_api
+    server_env = {**os.environ, **server, "PREFECT_HOME": str(tmp_path / "prefect")}
+    base = {**server_env, **s3_server.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    saved = llmill("results-storage", "s3://llmill-results/prefect", env=base)
+    assert saved.returncode == 0 and "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=remote-file-system/llmill-results" in saved.stdout, \
+        saved.stdout + saved.stderr[-2000:]
+    again = llmill("results-storage", "s3://llmill-results/other", env=base)  # a second save does not replace it silently
+    assert again.returncode == 2 and "already exists" in again.stdout, again.stdout + again.stderr[-2000:]
+    local = llmill("results-storage", env=base)
+    assert local.returncode == 0 and "results storage: local" in local.stdout and "this machine only" in local.stdout, local.stdout
 
-        def worker(name: str) -> dict:
-            return {**base, "PREFECT_HOME": str(tmp_path / name), "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "remote-file-system/llmill-results"}
+    def worker(name: str) -> dict:
+        return {**base, "PREFECT_HOME": str(tmp_path / name), "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "remote-file-system/llmill-results"}
 
-        shown = llmill("results-storage", env=worker("first"))
-        assert shown.returncode == 0 and "results storage: s3://llmill-results/prefect/" in shown.stdout, shown.stdout + shown.stderr
-        assert "block remote-file-system/llmill-results" in shown.stdout and "shared" in shown.stdout
+    shown = llmill("results-storage", env=worker("first"))
+    assert shown.returncode == 0 and "results storage: s3://llmill-results/prefect/" in shown.stdout, shown.stdout + shown.stderr
+    assert "block remote-file-system/llmill-results" in shown.stdout and "shared" in shown.stdout
 
-        first = data_flow_states(config, worker("first"))
-        assert DATA_STAGES <= first.keys() and all(first[s] == "Completed" for s in DATA_STAGES), first
-        records = s3_server.filesystem().find("llmill-results/prefect")
-        assert len(records) >= len(DATA_STAGES), records
+    first = data_flow_states(config, worker("first"))
+    assert DATA_STAGES <= first.keys() and all(first[s] == "Completed" for s in DATA_STAGES), first
+    records = s3_server.filesystem().find("llmill-results/prefect")
+    assert len(records) >= len(DATA_STAGES), records
 
-        second = data_flow_states(config, worker("second"))
-        assert DATA_STAGES <= second.keys() and all(second[s] == "Cached" for s in DATA_STAGES), second
-        # the second worker read the bucket's records: its own local storage holds none
-        assert not [p for p in (tmp_path / "second").rglob("*") if p.is_file() and "storage" in p.parts]
+    second = data_flow_states(config, worker("second"))
+    assert DATA_STAGES <= second.keys() and all(second[s] == "Cached" for s in DATA_STAGES), second
+    # the second worker read the bucket's records: its own local storage holds none
+    assert not [p for p in (tmp_path / "second").rglob("*") if p.is_file() and "storage" in p.parts]

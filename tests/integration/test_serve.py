@@ -284,21 +284,23 @@ def ui_shows_the_run_and_its_report(api: str, env: dict, flow_run: dict, artifac
 
 
 @pytest.mark.prefect_server
-def test_basic_auth_refuses_clients_without_credentials(tmp_path, migrated_sqlite):
-    (tmp_path / "prefect").mkdir()
-    with prefect_server(tmp_path / "prefect", sqlite_template=migrated_sqlite) as (env, api):
-        assert httpx.get(f"{api}/health").status_code == 200  # health stays open for probes
-        assert httpx.post(f"{api}/deployments/filter", json={}).status_code == 401
-        assert httpx.post(f"{api}/deployments/filter", json={}, auth=("llmill", "wrong")).status_code == 401
-        with api_client(env) as http:
-            assert http.post(f"{api}/deployments/filter", json={}).status_code == 200
-        # Prefect's own client: in with PREFECT_API_AUTH_STRING, refused without it
-        probe = "from prefect import get_client\nwith get_client(sync_client=True) as c: print(len(c.read_deployments()))"
-        ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-        assert ok.returncode == 0 and ok.stdout.strip() == "0", ok.stderr[-2000:]
-        anonymous = {k: v for k, v in env.items() if k != "PREFECT_API_AUTH_STRING"}
-        denied = subprocess.run([sys.executable, "-c", probe], env=anonymous, capture_output=True, text=True, timeout=120)
-        assert denied.returncode != 0 and "401" in denied.stderr, denied.stderr[-2000:]
+def test_basic_auth_refuses_clients_without_credentials(prefect_api):
+    # the session's server: started as the compose file starts it, basic auth included
+    server, api = prefect_api
+    env = {**os.environ, **server}
+    assert httpx.get(f"{api}/health").status_code == 200  # health stays open for probes
+    assert httpx.post(f"{api}/deployments/filter", json={}).status_code == 401
+    assert httpx.post(f"{api}/deployments/filter", json={}, auth=("llmill", "wrong")).status_code == 401
+    with api_client(env) as http:
+        listed = http.post(f"{api}/deployments/filter", json={})
+        assert listed.status_code == 200
+    # Prefect's own client: in with PREFECT_API_AUTH_STRING, refused without it
+    probe = "from prefect import get_client\nwith get_client(sync_client=True) as c: print(len(c.read_deployments()))"
+    ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip() == str(len(listed.json())), ok.stderr[-2000:]
+    anonymous = {k: v for k, v in env.items() if k != "PREFECT_API_AUTH_STRING"}
+    denied = subprocess.run([sys.executable, "-c", probe], env=anonymous, capture_output=True, text=True, timeout=120)
+    assert denied.returncode != 0 and "401" in denied.stderr, denied.stderr[-2000:]
 
 
 @pytest.mark.prefect_server

@@ -76,10 +76,9 @@ def test_loss_goes_below_unigram_entropy_and_exports_to_hf(data, pretrained_lm, 
     assert generated.shape[1] == x.shape[1] + 8
 
 
-def test_exact_resume_after_sigkill(data, tmp_path):
-    # own runs: the straight run and the killed one must share every setting but the kill
-    straight = tmp_path / "straight"
-    run_training(run_spec(data, straight))
+def test_exact_resume_after_sigkill(data, single_run, tmp_path):
+    # own run: the killed one, at the shared straight run's settings (run_spec's defaults), the kill aside
+    straight = single_run
     killed = tmp_path / "killed"
     s = run_spec(data, killed)
     killed.mkdir()
@@ -113,8 +112,8 @@ def ddp_run(data, tmp_path_factory) -> tuple[Path, list[dict]]:
     return out, events
 
 
-def test_ddp_two_processes_form_one_group(data, ddp_run, tmp_path):
-    # own runs: the equal-batch single run and the 2->1 resume (on a copy of the shared DDP run)
+def test_ddp_two_processes_form_one_group(data, ddp_run, single_run, tmp_path):
+    # own run: the 2->1 resume (on a copy of the shared DDP run)
     shared, events = ddp_run
     ddp = tmp_path / "ddp"
     shutil.copytree(shared, ddp)
@@ -125,10 +124,8 @@ def test_ddp_two_processes_form_one_group(data, ddp_run, tmp_path):
     for a, b in zip(*ranks):
         assert a["weights"] == b["weights"]  # identical after every step
         assert a["first_sample"] != b["first_sample"]  # different data
-    # equal global batch: one process with 8 windows per step sees the same samples
-    single = tmp_path / "single"
-    run_training(run_spec(data, single, micro_batch_size=8))
-    l1, l2 = losses(single), losses(ddp)
+    # equal global batch: one process with 8 windows per step (the shared single run) sees the same samples
+    l1, l2 = losses(single_run), losses(ddp)
     assert max(abs(l1[k] - l2[k]) for k in l1) < 2e-3, [(k, l1[k], l2[k]) for k in list(l1)[:5]]
 
     # a run checkpointed with 2 processes resumes with 1 (same global batch: 4 x 2 accumulation)
@@ -147,10 +144,22 @@ def test_two_machines_on_127_0_0_1_train_as_one_world(data, ddp_run, tmp_path):
     s = run_spec(data, nodes, distributed="ddp", num_processes=2, micro_batch_size=4).model_copy(update={"debug_weight_digests": True})
     (nodes / "run.json").write_text(s.model_dump_json())
     port = str(free_port())
+    # each machine's output to a file, not a pipe read one after the other: a machine blocked on a
+    # full pipe would stall the other's collectives
+    logs = [tmp_path / f"machine-{rank}.log" for rank in (0, 1)]
     machines = [subprocess.Popen([sys.executable, "-m", "model.launch", "--spec", str(nodes / "run.json"), "--num-machines", "2",
                                   "--machine-rank", str(rank), "--main-process-ip", "127.0.0.1", "--main-process-port", port],
-                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    outputs = [m.communicate(timeout=300)[0] for m in machines]
+                                 cwd=ROOT, stdout=open(logs[rank], "w"), stderr=subprocess.STDOUT, process_group=0) for rank in (0, 1)]
+    deadline = time.monotonic() + 300
+    try:
+        for m in machines:
+            m.wait(timeout=max(1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        for m in machines:
+            os.killpg(m.pid, signal.SIGKILL)
+            m.wait()
+        pytest.fail("the two machines never finished:\n" + "\n--- machine 1 ---\n".join(log.read_text()[-4000:] for log in logs))
+    outputs = [log.read_text() for log in logs]
     assert [m.returncode for m in machines] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     start = next(json.loads(l) for l in outputs[0].splitlines() if l.startswith('{"event": "start"'))
     assert start["world"] == 2
@@ -193,11 +202,11 @@ def test_fsdp_shards_parameters_and_tracks_ddp(data, ddp_run, tmp_path):
     assert max_diff(weights(fsdp), weights(ddp)) < 1e-3
 
 
-def test_checkpoint_from_another_model_config_is_refused(data, tmp_path):
-    # own run: it is resumed with another model config, which would spoil a shared one
+def test_checkpoint_from_another_model_config_is_refused(data, single_run, tmp_path):
+    # a copy of the shared single run, resumed for more steps with another model config
     out = tmp_path / "run"
-    run_training(run_spec(data, out, steps=20, checkpoint_every=10))
-    other = run_spec(data, out, steps=30)
+    shutil.copytree(single_run, out)
+    other = run_spec(data, out, steps=60)
     other = other.model_copy(update={"model": ModelConfig(preset="test-tiny", vocab_size=512, d_ff=128)})
     with pytest.raises(TrainingFailed, match="another model config"):
         run_training(other)
