@@ -168,14 +168,17 @@ def serve(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt):
 @app.command()
 def deploy(config: Optional[Path] = ConfigArg, set_: list[str] = SetOpt,
            pool: str = typer.Option("llmill", help="a process work pool; `prefect worker start --pool POOL` runs the deployments")):
-    """Register every flow as a deployment on a work pool (how docker-compose's worker runs them)."""
+    """Register every flow as a deployment on a work pool (how docker-compose's worker runs them),
+    creating the pool (process type) if it does not exist."""
     cfg = _load(config, set_)
     _require_server()
     from prefect.runner.storage import LocalStorage
 
-    from flows.deployments import deployments, ensure_accelerator_limit
+    from flows.deployments import deployments, ensure_accelerator_limit, ensure_work_pool
     from flows.results_storage import describe_results_storage
 
+    if ensure_work_pool(pool):
+        console.print(f"created the process work pool {pool}")
     ensure_accelerator_limit()
     console.print(describe_results_storage(), soft_wrap=True)
     project = Path(__file__).resolve().parents[1]

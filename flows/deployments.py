@@ -59,3 +59,22 @@ def ensure_accelerator_limit(slots: int = 1) -> None:
             client.read_global_concurrency_limit_by_name(ACCELERATOR_LIMIT)
         except Exception:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=ACCELERATOR_LIMIT, limit=slots))
+
+
+def ensure_work_pool(name: str) -> bool:
+    """Create a process work pool named `name` with Prefect's default job template, as `prefect
+    work-pool create NAME --type process` does, if there is none; an existing pool (whatever a
+    person changed in it) is left as it is. True if created."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            pass
+        client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
+        return True

@@ -504,7 +504,7 @@ def prefect_server(home: Path, database_url: str | None = None, sqlite_template:
             except httpx.HTTPError:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+            time.sleep(0.2)
         yield client_env, api
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

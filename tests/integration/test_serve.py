@@ -135,7 +135,7 @@ def api_client(env: dict) -> httpx.Client:
     return httpx.Client(auth=(user, password), timeout=30)
 
 
-def wait_for(fn, timeout: float, what: str, step: float = 1.0):
+def wait_for(fn, timeout: float, what: str, step: float = 0.25):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = fn()
@@ -186,7 +186,7 @@ def run_to_completion(http: httpx.Client, api: str, deployment_id: str, log: Pat
         assert state["type"] not in ("FAILED", "CRASHED", "CANCELLED"), (state, log.read_text()[-4000:])
         return state["type"] == "COMPLETED"
 
-    wait_for(finished, timeout, f"flow run {run['id']}", step=0.5)
+    wait_for(finished, timeout, f"flow run {run['id']}")
     return run
 
 
@@ -254,7 +254,7 @@ def test_served_deployments_run_from_the_api_like_the_ui(tmp_path, database, tin
                 assert state["type"] != "COMPLETED", state
                 return state if state["type"] in ("FAILED", "CRASHED") else None
 
-            state = wait_for(failed, 120, "the refused run", step=1)
+            state = wait_for(failed, 120, "the refused run")
             assert "fixes root" in (state["message"] or "") + serve_log.read_text(), (state, serve_log.read_text()[-2000:])
             assert not (tmp_path / "elsewhere").exists()
             if database is None:  # the UI, once: it reads the same API whatever the database
