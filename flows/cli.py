@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -71,13 +72,29 @@ def _require_server() -> None:
         raise typer.Exit(2)
 
 
+@contextmanager
+def _embedded_server_settings():
+    """On the embedded server (no PREFECT_API_URL), flow-run heartbeats are off: they let a server
+    mark a run crashed once its process has died, and the embedded server dies with the process.
+    Each flow's end waits for the heartbeat thread's current 1 s sleep: ~1 s per flow for the
+    five flows of `llmill run`, most of them answered from cache in a fraction of that."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 def _guarded(flow, *args):
     """Run a flow; a failure caused by bad input or config ends with its message, not a traceback
     (Prefect has logged the traceback already)."""
     from model.launch import TrainingFailed
 
     try:
-        return flow(*args)
+        with _embedded_server_settings():
+            return flow(*args)
     except (ValueError, TrainingFailed) as e:
         error(f"{type(e).__name__}: {e}")
         raise typer.Exit(1) from None

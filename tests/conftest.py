@@ -135,12 +135,16 @@ def prefect_api(tmp_path_factory, migrated_sqlite) -> tuple[dict, str]:
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory, prefect_api):
     """Flows run in this process against the session's server; results in a tmp dir."""
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+                                  PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings)
 
     env, api = prefect_api
     results = tmp_path_factory.mktemp("prefect-results")
+    # no flow-run heartbeats (nothing here reads them): each flow's end would wait for the
+    # heartbeat thread's 1 s sleep, ~1 s per (mostly cached) flow, as `llmill run` skips on its
+    # embedded server (flows.cli)
     with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],
-                             PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results)}):
+                             PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results), PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 

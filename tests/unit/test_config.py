@@ -66,3 +66,22 @@ def test_cli_gives_the_embedded_server_time_for_its_first_start():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["180", "False"]
+
+
+def test_flow_heartbeats_are_off_on_the_embedded_server_only():
+    """A flow's end waits for the heartbeat thread's 1 s sleep; heartbeats only matter to a server
+    that outlives the run's process, so `llmill` turns them off on the embedded one."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows.cli import _embedded_server_settings
+
+    from prefect.settings import Settings
+
+    default = Settings().flows.heartbeat_frequency
+    assert default is not None  # Prefect's default: on
+    # set here: the suite's in-process flows turn heartbeats off for the session (prefect_harness)
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: default}):
+        with temporary_settings({PREFECT_API_URL: None}), _embedded_server_settings():
+            assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is None
+        with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}), _embedded_server_settings():
+            assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == default
