@@ -51,8 +51,6 @@ class Nodes(BaseModel):
 
 
 def launch_command(spec_file: Path, spec: RunSpec, gpus: int | None = None, nodes: Nodes | None = None) -> tuple[list[str], dict]:
-    import torch
-
     tc = spec.train
     n = tc.num_processes
     machines = nodes.num_machines if nodes else 1
@@ -61,7 +59,10 @@ def launch_command(spec_file: Path, spec: RunSpec, gpus: int | None = None, node
     here = n // machines
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(tc.threads_per_process or max(1, usable_cpus() // here))}
     train = ["-m", "model.train", "--spec", str(spec_file)]
-    gpus = torch.cuda.device_count() if gpus is None else gpus
+    if gpus is None and (n > 1 or tc.distributed == "fsdp"):  # one plain process needs no count: no torch import here
+        import torch
+
+        gpus = torch.cuda.device_count()
     if gpus and (n > 1 or tc.distributed == "fsdp"):
         accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
         cmd = [accelerate, "launch", "--num_processes", str(n), "--num_machines", str(machines), "--mixed_precision", tc.mixed_precision]

@@ -98,6 +98,7 @@ class Run:
     started: float = 0.0
     last_log: float = 0.0
     debug: object = None
+    params: int = 0  # the whole model's, whatever share of it this rank holds
 
     @property
     def tc(self) -> TrainConfig:
@@ -170,7 +171,7 @@ def setup(spec: RunSpec) -> Run:
         strategy.bare.compile()
 
     run = Run(spec, acc, strategy, objective, model, optimizer, Checkpoints(out, strategy, tc.keep_checkpoints), precision, seq_len,
-              out / "metrics.jsonl", trackers, best=float("inf") if minimized(tc.select_metric) else float("-inf"))
+              out / "metrics.jsonl", trackers, best=float("inf") if minimized(tc.select_metric) else float("-inf"), params=n_params)
     resumed_from = run.ckpts.latest()
     if resumed_from is not None:
         state = run.ckpts.load(resumed_from, optimizer, mc, objective.signature())
@@ -267,7 +268,8 @@ def finish(run: Run) -> dict:
     tc, out = run.tc, Path(run.spec.out)
     summary = {"steps": run.step, "stopped_early": run.stopped_early, "select_metric": tc.select_metric, "best_metric": run.best,
                "best_step": run.best_step, **run.final_eval, "world": run.acc.num_processes, "precision": run.precision,
-               "tokens_seen": run.step * run.tokens_per_step, "seconds": time.time() - run.started, "resumed_at_step": run.resumed_at}
+               "tokens_seen": run.step * run.tokens_per_step, "seconds": time.time() - run.started, "resumed_at_step": run.resumed_at,
+               "params": run.params}
     if tc.compile:  # each recompilation costs seconds to minutes: a number to watch
         from torch._dynamo.utils import counters
 

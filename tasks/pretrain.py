@@ -37,9 +37,9 @@ class PretrainInputs(TypedDict):
 
 
 def pretrain(inputs: PretrainInputs, cfg: PretrainConfig, out: Path, progress: Progress = no_progress) -> dict:
-    from model.export import export_hf
-    from model.launch import run_training
+    # torch only where needed: a flow process that launches the trainer and exports nothing imports none
     from model.config import RunSpec
+    from model.launch import run_training
 
     shards, tok = inputs["shards"], inputs["tokenizer"]
     earlier = [inputs["continue_from"]] if inputs.get("continue_from") else []
@@ -67,15 +67,11 @@ def pretrain(inputs: PretrainInputs, cfg: PretrainConfig, out: Path, progress: P
 
     summary = run_training(spec, on_event=training_events(progress, cfg.train.steps))
     if cfg.export_hf:
+        from model.export import export_hf
+
         export_hf(out / "final" / "model.safetensors", spec.model, spec.tokenizer, out / "hf")
     plot_curves({"pretraining": out}, out / "loss.png")
-    return {**summary, "model": spec.model.model_dump(), "params": _params(spec.model)}
-
-
-def _params(cfg: ModelConfig) -> int:
-    from model.llama import Llama
-
-    return Llama(cfg).num_params()
+    return {**summary, "model": spec.model.model_dump()}  # with the trainer's count of params
 
 
 def publish_loss_curve(run_dir: Path) -> None:

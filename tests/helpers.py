@@ -515,8 +515,9 @@ def prefect_server(home: Path, database_url: str | None = None, sqlite_template:
         log.close()
 
 
-def all_task_states(flow_run_id) -> dict[str, str]:
-    """Every task run of a flow run and of its subflow runs, by task name."""
+def all_task_states(flow_run_id, expect) -> dict[str, str]:
+    """Every task run of a flow run and of its subflow runs, by task name, once the task runs
+    named in `expect` are on the server and every one found is in a final state (bounded)."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -533,13 +534,14 @@ def all_task_states(flow_run_id) -> dict[str, str]:
             frontier = [c.id for c in children]
             ids += frontier
         # task runs reach the server through Prefect's event pipeline: one read just after the flow
-        # ended can see a task run whose state is not written yet (None) or not yet final; read
-        # again, bounded
+        # ended can miss a task run, or see one whose state is not written yet (None) or not yet
+        # final; read again, bounded
         deadline = time.monotonic() + 30
         while True:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
                                          task_run_filter=TaskRunFilter(subflow_runs=TaskRunFilterSubFlowRuns(exists_=False)))
-            if all(run.state is not None and run.state.is_final() for run in runs) or time.monotonic() > deadline:
+            arrived = set(expect) <= {run.name.rsplit("-", 1)[0] for run in runs}
+            if arrived and all(run.state is not None and run.state.is_final() for run in runs) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     return {run.name.rsplit("-", 1)[0]: run.state.name if run.state is not None else "None" for run in runs}

@@ -47,7 +47,7 @@ def config(root: Path, warcs: Path, **overrides) -> LlmillConfig:
 def run(cfg: LlmillConfig):
     state = data_flow(cfg, return_state=True)
     assert state.is_completed(), state
-    return state.result(), all_task_states(state.state_details.flow_run_id)
+    return state.result(), all_task_states(state.state_details.flow_run_id, STAGES)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from flows.data_flow import data_flow
 from tests.helpers import all_task_states
 state = data_flow(load_config(sys.argv[1]), return_state=True)
 assert state.is_completed(), state
-print("STATES " + json.dumps(all_task_states(state.state_details.flow_run_id)))
+print("STATES " + json.dumps(all_task_states(state.state_details.flow_run_id, json.loads(sys.argv[2]))))
 """
 
 
@@ -36,7 +36,7 @@ def llmill(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def data_flow_states(config: Path, env: dict) -> dict[str, str]:
-    proc = subprocess.run([sys.executable, "-c", RUN_DATA_FLOW, str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", RUN_DATA_FLOW, str(config), json.dumps(sorted(DATA_STAGES))], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("STATES "))[len("STATES "):])
 

@@ -46,6 +46,9 @@ def test_loss_goes_below_unigram_entropy_and_exports_to_hf(data, pretrained_lm, 
     out = Path(pretrained_lm)  # the suite's one 300-step pretraining (conftest.PRETRAIN_STEPS), shared with the fine-tuning tests
     summary = load_manifest(out).stats
     assert summary["steps"] == 300
+    from model.llama import Llama
+
+    assert summary["params"] == Llama(run_spec(data, out).model).num_params()  # the trainer's count, reported by the stage
     h = unigram_entropy(data[1])
     assert summary["val_loss"] < 0.85 * h, (summary["val_loss"], h)
     assert summary["val_bpb"] > 0 and math.isclose(summary["val_ppl"], math.exp(summary["val_loss"]), rel_tol=1e-6)
