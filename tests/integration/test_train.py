@@ -158,10 +158,12 @@ def test_two_machines_on_127_0_0_1_train_as_one_world(data, ddp_run, tmp_path):
         for m in machines:
             m.wait(timeout=max(1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
+        alive = still_running([m.pid for m in machines])  # which of launcher, torchrun agent and rank hung
         for m in machines:
             os.killpg(m.pid, signal.SIGKILL)
             m.wait()
-        pytest.fail("the two machines never finished:\n" + "\n--- machine 1 ---\n".join(log.read_text()[-4000:] for log in logs))
+        pytest.fail(f"the two machines never finished; still running: {alive}\n" +
+                    "\n--- machine 1 ---\n".join(log.read_text()[-4000:] for log in logs))
     outputs = [log.read_text() for log in logs]
     assert [m.returncode for m in machines] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     start = next(json.loads(l) for l in outputs[0].splitlines() if l.startswith('{"event": "start"'))
@@ -174,6 +176,21 @@ def test_two_machines_on_127_0_0_1_train_as_one_world(data, ddp_run, tmp_path):
     one_machine, _ = ddp_run
     l1, l2 = losses(one_machine), losses(nodes)
     assert l1.keys() == l2.keys() and max(abs(l1[k] - l2[k]) for k in l1) < 1e-5
+
+
+def still_running(groups: list[int]) -> list[str]:
+    """'pid pgid state: command line' of every process in these process groups."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if int(stat[2]) in groups:
+                found.append(f"{entry.name} {stat[2]} {stat[0]}: {cmdline[:200]}")
+    return found
 
 
 def test_a_launch_that_gives_the_wrong_world_is_refused(data, tmp_path):
