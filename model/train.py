@@ -301,7 +301,18 @@ def train(spec: RunSpec) -> dict:
             run.acc.print(json.dumps({"event": "early_stop", "step": run.step, "best_step": run.best_step, tc.select_metric: run.best}),
                           flush=True)
             break
-    return finish(run)
+    summary = finish(run)
+    if run.acc.num_processes > 1:
+        # Leave without Python freeing torch.distributed's objects: freeing DDP's reducer drops the
+        # last reference to the gloo process group, whose destructor joins its worker thread while
+        # holding the GIL, and that thread, still releasing the final barrier's prior work (tensors
+        # with Python objects), waits for the GIL: a deadlock, about one two-machine run in four
+        # under load (py-spy: ~ProcessGroupGloo in std::thread::join, the runLoop thread in
+        # gil_scoped_acquire). Everything is written and every rank has passed the barrier.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
