@@ -251,12 +251,16 @@ class DaskCluster:
         self.pgid = scheduler.pid
         self.procs = [scheduler]
         try:
+            # the scheduler creates the file, then writes it: wait until it holds the whole address
             deadline = time.monotonic() + 60
-            while not file.exists():
-                if time.monotonic() > deadline or scheduler.poll() is not None:
-                    raise RuntimeError(f"the Dask scheduler did not start: {(self.tmp / 'dask.log').read_text()[-2000:]}")
-                time.sleep(0.1)
-            self.address = json.loads(file.read_text())["address"]
+            while True:
+                try:
+                    self.address = json.loads(file.read_text())["address"]
+                    break
+                except (OSError, ValueError, KeyError):
+                    if time.monotonic() > deadline or scheduler.poll() is not None:
+                        raise RuntimeError(f"the Dask scheduler did not start: {(self.tmp / 'dask.log').read_text()[-2000:]}") from None
+                    time.sleep(0.1)
             worker = [dask, "worker", "--scheduler-file", str(file), "--nthreads", "1", "--host", "127.0.0.1",
                       "--dashboard-address", "127.0.0.1:0", "--death-timeout", "60"]
             if self.hide is not None:
