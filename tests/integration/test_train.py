@@ -3,6 +3,7 @@ processes (gloo), refusal of a launch that would train independently, HF export 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -158,11 +159,13 @@ def test_two_machines_on_127_0_0_1_train_as_one_world(data, ddp_run, tmp_path):
         for m in machines:
             m.wait(timeout=max(1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        alive = still_running([m.pid for m in machines])  # which of launcher, torchrun agent and rank hung
+        alive = process_tree([m.pid for m in machines])  # which of launcher, torchrun agent and rank hung
+        for pid in alive:  # torchrun starts its ranks in sessions of their own: a killpg would miss them
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for m in machines:
-            os.killpg(m.pid, signal.SIGKILL)
             m.wait()
-        pytest.fail(f"the two machines never finished; still running: {alive}\n" +
+        pytest.fail("the two machines never finished; still running:\n" + "\n".join(alive.values()) + "\n" +
                     "\n--- machine 1 ---\n".join(log.read_text()[-4000:] for log in logs))
     outputs = [log.read_text() for log in logs]
     assert [m.returncode for m in machines] == [0, 0], "\n".join(o[-2000:] for o in outputs)
@@ -178,9 +181,9 @@ def test_two_machines_on_127_0_0_1_train_as_one_world(data, ddp_run, tmp_path):
     assert l1.keys() == l2.keys() and max(abs(l1[k] - l2[k]) for k in l1) < 1e-5
 
 
-def still_running(groups: list[int]) -> list[str]:
-    """'pid pgid state: command line' of every process in these process groups."""
-    found = []
+def process_tree(roots: list[int]) -> dict[int, str]:
+    """Every process descended from these, whatever its group or session: {pid: 'pid ppid state: command line'}."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -188,8 +191,13 @@ def still_running(groups: list[int]) -> list[str]:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue
-            if int(stat[2]) in groups:
-                found.append(f"{entry.name} {stat[2]} {stat[0]}: {cmdline[:200]}")
+            table[int(entry.name)] = (int(stat[1]), f"{entry.name} {stat[1]} {stat[0]}: {cmdline[:200]}")
+    found, frontier = {}, list(roots)
+    while frontier:
+        pid = frontier.pop()
+        if pid in table and pid not in found:
+            found[pid] = table[pid][1]
+            frontier += [child for child, (ppid, _) in table.items() if ppid == pid]
     return found
 
 
