@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -183,21 +184,13 @@ def test_two_machines_on_127_0_0_1_train_as_one_world(data, ddp_run, tmp_path):
 
 def process_tree(roots: list[int]) -> dict[int, str]:
     """Every process descended from these, whatever its group or session: {pid: 'pid ppid state: command line'}."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            except OSError:
-                continue
-            table[int(entry.name)] = (int(stat[1]), f"{entry.name} {stat[1]} {stat[0]}: {cmdline[:200]}")
-    found, frontier = {}, list(roots)
-    while frontier:
-        pid = frontier.pop()
-        if pid in table and pid not in found:
-            found[pid] = table[pid][1]
-            frontier += [child for child, (ppid, _) in table.items() if ppid == pid]
+    found = {}
+    for root in roots:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            top = psutil.Process(root)
+            for proc in [top, *top.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    found[proc.pid] = f"{proc.pid} {proc.ppid()} {proc.status()}: {' '.join(proc.cmdline())[:200]}"
     return found
 
 
