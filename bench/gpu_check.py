@@ -21,18 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from formats.files import write_ipc  # noqa: E402
-from formats.token_shards import token_dtype  # noqa: E402
-from model.config import RunSpec, TrainConfig  # noqa: E402
-from model.launch import run_training  # noqa: E402
-from model.llama import Llama, ModelConfig  # noqa: E402
-from model.train import effective_precision  # noqa: E402
+from model.config import ModelConfig, RunSpec, TrainConfig  # torch-free
+
+# torch, pyarrow and the model are imported where they are used: a refusal (bad options, no
+# GPU) answers before paying for them
 
 # Dense bf16 peaks (vendor datasheets, without sparsity), first match on the device name wins.
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.0), ("H200", 989.0), ("H100", 989.0), ("A100", 312.0))
@@ -47,6 +41,12 @@ def peak_tflops(device_name: str) -> float | None:
 
 def write_shards(root: Path, train_tokens: int, val_tokens: int, vocab: int, seed: int = 0) -> Path:
     """Uniform random tokens in the trainer's shard layout (a flat `tokens` column per split)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from formats.files import write_ipc
+    from formats.token_shards import token_dtype
+
     rng = np.random.default_rng(seed)
     arrow_type = token_dtype(vocab)
     for split, n in (("train", train_tokens), ("val", val_tokens)):
@@ -58,6 +58,8 @@ def write_shards(root: Path, train_tokens: int, val_tokens: int, vocab: int, see
 
 def matmul_tflops(device: str, dtype: str = "bf16", n: int = 8192, reps: int = 20) -> float:
     """A plain (n x n) @ (n x n) matmul in `dtype` (bf16 or fp32), median of 5 timings."""
+    import torch
+
     if device == "cpu":
         n, reps = 1024, 3
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
@@ -78,6 +80,10 @@ def matmul_tflops(device: str, dtype: str = "bf16", n: int = 8192, reps: int = 2
 
 def run_mode(mode: str, args, shards: Path, model: ModelConfig, flops_per_token: float, peak: float | None, matmul: float,
              matmul_dtype: str) -> dict:
+    import torch
+
+    from model.launch import run_training
+
     n = args.processes
     devices = n if torch.cuda.is_available() else 1  # CPU processes share one machine's cores
     distributed = "fsdp" if mode == "fsdp" else ("ddp" if n > 1 else "none")
@@ -137,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.modes or set(args.modes.split(",")) - set(MODES):
         p.error(f"--modes takes a comma-separated subset of {','.join(MODES)}, not {args.modes!r}")
 
+    import torch
+
     gpus = torch.cuda.device_count()
     if not gpus and not args.allow_cpu:
         print("no GPU visible (pass --allow-cpu to run the same path on CPU processes)", file=sys.stderr)
@@ -145,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     args.processes = args.processes or gpus or 1
     name = torch.cuda.get_device_name(0) if gpus else "cpu"
     peak = args.peak_tflops or (peak_tflops(name) if gpus else None)
+    from model.llama import Llama
+    from model.train import effective_precision
+
     args.out.mkdir(parents=True, exist_ok=True)
     shards = write_shards(args.out / "shards", args.train_tokens, max(args.train_tokens // 50, 8 * args.seq_len * 2), args.vocab)
     model = ModelConfig(preset=args.preset, vocab_size=args.vocab)

@@ -94,10 +94,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
-@torch.compiler.disable  # already fused by hand; traced, its unrolled chunk loop more than doubled compile time
+def _apply_linear_cross_entropy(h, weight, targets, ignore_index: int, chunk: int) -> torch.Tensor:
+    return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk)
+
+
+# Outside torch.compile's graphs: already fused by hand, and traced, its unrolled chunk loop
+# more than doubled compile time. torch._disable_dynamo is torch.compiler.disable imported on
+# the first call instead of at import: a process that never compiles (evaluation, export,
+# lm-eval) skips torch._dynamo's ~1 s import.
+_outside_the_graph = torch._disable_dynamo(_apply_linear_cross_entropy)
+
+
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk: int = 256) -> torch.Tensor:
     """Mean cross-entropy of `h @ weight.T` against `targets` over the rows not equal to
     ignore_index; h is (rows, d). Equals F.cross_entropy(F.linear(h, weight).float(), targets)."""
+    if torch.compiler.is_compiling():
+        return _outside_the_graph(h, weight, targets, ignore_index, chunk)
     return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk)
 
 

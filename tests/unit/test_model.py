@@ -173,6 +173,25 @@ def test_fused_loss_without_gradients_and_with_all_rows_ignored():
     assert float(loss.detach()) == 0.0 and float(h.grad.abs().max()) == 0.0
 
 
+def test_a_process_that_never_compiles_never_imports_dynamo():
+    """Evaluation, export and generation load the model without paying torch._dynamo's ~1 s
+    import: the fused loss is kept out of compiled graphs without importing it (model/fused.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("import sys, torch\n"
+             "from model.llama import Llama, ModelConfig\n"
+             "m = Llama(ModelConfig(preset='test-tiny', vocab_size=64))\n"
+             "idx = torch.randint(0, 64, (2, 16))\n"
+             "m(idx, idx)[1].backward()\n"
+             "m.generate(idx[:, :4], 3)\n"
+             "print('torch._dynamo' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"
+
+
 def test_model_loss_and_gradients_equal_the_unfused_head():
     """Tied embeddings receive the head's gradient through the fused loss as they would
     through F.linear + F.cross_entropy."""
