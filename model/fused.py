@@ -110,7 +110,7 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     ignore_index; h is (rows, d). Equals F.cross_entropy(F.linear(h, weight).float(), targets)."""
     if torch.compiler.is_compiling():
         return _outside_the_graph(h, weight, targets, ignore_index, chunk)
-    return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk)
+    return _apply_linear_cross_entropy(h, weight, targets, ignore_index, chunk)
 
 
 class _Rope(torch.autograd.Function):
