@@ -128,6 +128,15 @@ class Llama(nn.Module):
             return self.lm_head(h), None
         return None, linear_cross_entropy(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1), ignore_index)
 
+    def compile_blocks(self) -> None:
+        """torch.compile each block in place (regional compilation). The blocks share one graph,
+        so a compile costs one block's trace and kernels whatever the depth (gpt2-small on one
+        CPU: 21 s cold against 53 s for the whole model); the embedding, final norm and fused
+        head + loss run eagerly. In place, so state dicts keep their names (no `_orig_mod.`) and
+        hooks on the blocks (FSDP2's gathers, DDP's gradient hooks) still run around them."""
+        for block in self.blocks:
+            block.compile()
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

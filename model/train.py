@@ -167,8 +167,8 @@ def setup(spec: RunSpec) -> Run:
     else:
         optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum)
     model, optimizer = strategy.prepare(model, optimizer)
-    if tc.compile:  # in place, so state dicts keep their names (no `_orig_mod.` prefix)
-        strategy.bare.compile()
+    if tc.compile:
+        objective.body(strategy.bare).compile_blocks()
 
     run = Run(spec, acc, strategy, objective, model, optimizer, Checkpoints(out, strategy, tc.keep_checkpoints), precision, seq_len,
               out / "metrics.jsonl", trackers, best=float("inf") if minimized(tc.select_metric) else float("-inf"), params=n_params)
