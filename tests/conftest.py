@@ -100,6 +100,14 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_start_order)
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    """The order's seed at the end of every run: `-q` (as make runs pytest) hides the header
+    line where pytest-randomly prints it, and a failed order is replayed from it."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int):
+        terminalreporter.write_line(f"Using --randomly-seed={seed} (make test PYTEST_ARGS=--randomly-seed={seed} replays this order)")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     """Before any fixture of this test is set up: what it may start."""
