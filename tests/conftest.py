@@ -72,15 +72,17 @@ def pytest_unconfigure(config):
         log.unlink(missing_ok=True)
 
 
-# Tests that share an expensive session fixture run on one xdist worker, so it is built once.
-SHARED_BY_GROUP = ("tiny_pipeline", "pretrained_lm", "dask_cluster", "ddp_run")
+# Tests that share an expensive session fixture run on one xdist worker, so it is built once:
+# {fixture: group}. The single run is in the DDP run's group because a DDP test compares the two.
+SHARED_BY_GROUP = {"tiny_pipeline": "tiny_pipeline", "pretrained_lm": "pretrained_lm", "dask_cluster": "dask_cluster",
+                   "ddp_run": "ddp_run", "single_run": "ddp_run"}
 
 
 def pytest_itemcollected(item):
     """Marked as collected: xdist's loadgroup reads the marks in its modifyitems hook."""
-    for fixture in SHARED_BY_GROUP:
+    for fixture, group in SHARED_BY_GROUP.items():
         if fixture in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(fixture))
+            item.add_marker(pytest.mark.xdist_group(group))
             break
 
 

@@ -79,12 +79,13 @@ def test_task_retry_resumes_from_the_last_checkpoint(prefect_harness, data, sing
     assert max_diff(load_file(str(straight / "final" / "model.safetensors")), load_file(str(run / "final" / "model.safetensors"))) <= 1e-6
 
 
-def test_compiled_training_tracks_eager(data, tmp_path):
-    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
-    run_training(run_spec(data, eager, steps=6, eval_every=6, checkpoint_every=6))
+def test_compiled_training_tracks_eager(data, single_run, tmp_path):
+    compiled = tmp_path / "compiled"
     # compiled blocks under gradient checkpointing: the recomputed forward runs the compiled block again
     run_training(run_spec(data, compiled, steps=6, eval_every=6, checkpoint_every=6, compile=True, gradient_checkpointing=True))
-    le, lc = losses(eager), losses(compiled)
+    # eager: the shared uninterrupted run's first 6 steps (the same settings; the learning rate is
+    # still warming up over them, so its longer schedule changes none of their losses)
+    le, lc = {k: v for k, v in losses(single_run).items() if k <= 6}, losses(compiled)
     assert le.keys() == lc.keys()
     assert max(abs(le[k] - lc[k]) for k in le) < 1e-3, (le, lc)
     # one graph for both blocks (compiled one by one); the evaluation ran eagerly, not recompiled for no_grad
