@@ -56,8 +56,9 @@ DELAY_S = {"crawl": 0.3, "extract": 0.05, "dedup": 0.02, "tokenize": 0.0, "pretr
 
 
 def committed(root: Path) -> dict[str, str]:
-    """{stage: run id} of every dataset under root."""
-    return {m.parent.parent.name: load_manifest(m.parent).run_id for m in root.glob("*/*/manifest.json")}
+    """{stage: run id} of every committed dataset under root (a stage writes its manifest into
+    its .partial directory before the rename that commits it)."""
+    return {m.parent.parent.name: load_manifest(m.parent).run_id for m in root.glob("*/*[0-9a-f]/manifest.json")}
 
 
 def llmill_run(root: Path, server_env: dict, log: Path, command: str = "run") -> subprocess.Popen:
