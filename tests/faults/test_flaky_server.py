@@ -17,7 +17,7 @@ from warcio.archiveiterator import ArchiveIterator
 
 from tasks.crawl import CrawlConfig, crawl
 from tests.helpers import html
-from tests.integration.test_crawl import outcomes
+from tests.helpers import outcomes
 
 PAGES = 40
 

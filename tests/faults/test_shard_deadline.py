@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tasks.executor import ShardFailed, executor_scope, map_shards
-from tests.integration.test_executor import quarantined
+from tests.helpers import quarantined
 
 
 def stall_on_one(i):

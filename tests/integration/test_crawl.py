@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,11 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from warcio.archiveiterator import ArchiveIterator
-
 from tasks.crawl import CrawlConfig, crawl
 from tasks.urls import is_public_address, normalize_url
-from tests.helpers import Site, html
+from tests.helpers import Site, html, outcomes, stored
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,23 +27,6 @@ def cfg(site: Site, **kw) -> CrawlConfig:
         timeout_s=5,
     )
     return CrawlConfig(**{**base, **kw})
-
-
-def stored(out: Path) -> dict[str, dict]:
-    records = {}
-    for path in sorted((out / "warc").glob("*.warc.gz")):
-        with open(path, "rb") as f:
-            for r in ArchiveIterator(f):
-                if r.rec_type == "response":
-                    records[r.rec_headers.get_header("WARC-Target-URI")] = {
-                        "body": r.content_stream().read(),
-                        "truncated": r.rec_headers.get_header("WARC-Truncated"),
-                    }
-    return records
-
-
-def outcomes(out: Path) -> dict[str, dict]:
-    return json.loads((out / "state.json").read_text())["urls"]
 
 
 def test_robots_disallow_and_crawl_delay(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tasks.executor import ExecutorConfig, ShardFailed, executor_scope, map_shards
-from tests.helpers import DaskCluster
+from tests.helpers import DaskCluster, quarantined
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,10 +28,6 @@ def crash_on_three(i):
     if i == 3:
         os.kill(os.getpid(), signal.SIGSEGV)
     return {"i": i, "main_thread": threading.current_thread() is threading.main_thread()}
-
-
-def quarantined(i, reason):
-    return {"i": i, "crashed": reason}
 
 
 def test_a_failed_shard_is_named_and_a_rerun_runs_only_it(engine, tmp_path):
