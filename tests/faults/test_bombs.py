@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from tasks.crawl import CrawlConfig, crawl
-from tests.helpers import Site, html, python_doc_pages, write_warc
-from tests.helpers import outcomes, stored
+from tests.helpers import Site, html, outcomes, python_doc_pages, stored, write_warc
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPPED_ENV = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # a new thread's malloc arena would reserve 64 MiB of address space

@@ -16,8 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from warcio.archiveiterator import ArchiveIterator
 
 from tasks.crawl import CrawlConfig, crawl
-from tests.helpers import html
-from tests.helpers import outcomes
+from tests.helpers import html, outcomes
 
 PAGES = 40
 

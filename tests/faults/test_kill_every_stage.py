@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from warcio.archiveiterator import ArchiveIterator
 
 from formats.manifest import load_manifest
+from tasks.verify import dataset_places
+from tests.helpers import stored
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 15
@@ -56,9 +57,9 @@ DELAY_S = {"crawl": 0.3, "extract": 0.05, "dedup": 0.02, "tokenize": 0.0, "pretr
 
 
 def committed(root: Path) -> dict[str, str]:
-    """{stage: run id} of every committed dataset under root (a stage writes its manifest into
-    its .partial directory before the rename that commits it)."""
-    return {m.parent.parent.name: load_manifest(m.parent).run_id for m in root.glob("*/*[0-9a-f]/manifest.json")}
+    """{stage: run id} of every committed dataset under root (`llmill verify`'s reading: a .partial
+    directory may already hold its manifest, written before the rename that commits it)."""
+    return {Path(place).parent.name: load_manifest(place).run_id for place in dataset_places(str(root))}
 
 
 def llmill_run(root: Path, server_env: dict, log: Path, command: str = "run") -> subprocess.Popen:
@@ -72,13 +73,8 @@ def llmill_run(root: Path, server_env: dict, log: Path, command: str = "run") ->
 
 
 def stored_pages(root: Path) -> dict[str, bytes]:
-    pages = {}
-    for path in sorted(root.glob("crawl/*[0-9a-f]/warc/*.warc.gz")):
-        with open(path, "rb") as f:
-            for r in ArchiveIterator(f):
-                if r.rec_type == "response":
-                    pages[r.rec_headers.get_header("WARC-Target-URI")] = r.content_stream().read()
-    return pages
+    (place,) = root.glob("crawl/*[0-9a-f]")
+    return {url: record["body"] for url, record in stored(place).items()}
 
 
 def documents(root: Path, stage: str) -> list[dict]:
